@@ -1,0 +1,382 @@
+package audit
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+)
+
+// ErrJournalUnavailable is wrapped by every error a Journal returns once it
+// can no longer write durably (disk full, permission, I/O error, closed).
+// The journal fails closed: after the first failure every Record, Sync, End
+// and Begin fails too, so the caller can refuse new commands.
+var ErrJournalUnavailable = errors.New("audit: journal unavailable")
+
+// ErrSessionEnded is wrapped by Record and End when the session's End was
+// already called.
+var ErrSessionEnded = errors.New("audit: session already ended")
+
+// Defaults for Options.
+const (
+	DefaultMaxSegmentSize = 64 << 20
+	DefaultMaxPending     = 16 << 20
+)
+
+// Options tune a Journal. The zero value is usable.
+type Options struct {
+	// Log receives lifecycle lines and anomalies (a torn tail cut back, a
+	// write failure). Nil means slog.Default().
+	Log *slog.Logger
+	// MaxSegmentSize is the size at which the writer starts a new segment
+	// file (DefaultMaxSegmentSize when zero). A segment may exceed it by
+	// one batch: a batch is never split across segments.
+	MaxSegmentSize int64
+	// MaxPending caps the bytes recorded but not yet written; Record blocks
+	// while the queue is over it (DefaultMaxPending when zero).
+	MaxPending int
+}
+
+// Journal is the append-only journal in one directory. One process writes
+// it (Open takes an exclusive flock); any number may read it with
+// ReadSessions and ReadSession. A Journal is safe for concurrent use.
+type Journal struct {
+	dir  string
+	log  *slog.Logger
+	opts Options
+	lock *os.File
+
+	mu       sync.Mutex
+	wake     *sync.Cond    // the writer waits for work; Record waits for room
+	pending  []byte        // whole record lines, not yet handed to the writer
+	queued   uint64        // records enqueued since Open (the last ticket)
+	durable  uint64        // records written and fsynced since Open
+	notify   chan struct{} // closed and replaced whenever durable or err changes
+	err      error         // the first write failure, wrapping ErrJournalUnavailable
+	closed   bool
+	batches  int           // batches written, for tests of group commit
+	done     chan struct{} // closed when the writer goroutine has returned
+	closeErr error
+
+	// testHookWrite, when set, runs in the writer before each batch.
+	testHookWrite func()
+
+	// Owned by the writer goroutine after Open.
+	seg     *os.File
+	segNum  int
+	segSize int64
+}
+
+// Open opens the journal in dir, creating dir (mode 0700) when needed, and
+// starts its writer. It takes an exclusive lock on dir/journal.lock, so a
+// second process (or a second Open in this one) fails. A torn last record
+// of the newest segment, left by a crash in the middle of a write, is cut
+// back to the last whole record with a Warn log line; a corrupt record
+// followed by whole ones is an error (a *CorruptError).
+func Open(dir string, opts Options) (*Journal, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.MaxSegmentSize <= 0 {
+		opts.MaxSegmentSize = DefaultMaxSegmentSize
+	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = DefaultMaxPending
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("audit: open journal: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	j := &Journal{dir: dir, log: opts.Log, opts: opts, lock: lock,
+		notify: make(chan struct{}), done: make(chan struct{})}
+	j.wake = sync.NewCond(&j.mu)
+	if err := j.openTail(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	go j.run()
+	j.log.Info("audit journal open", "dir", dir, "segment", segmentName(j.segNum),
+		"size", j.segSize)
+	return j, nil
+}
+
+// lockDir takes the journal's exclusive flock, without waiting.
+func lockDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "journal.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("audit: open journal: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit: journal %s is in use by another writer: %w", dir, err)
+	}
+	return f, nil
+}
+
+// openTail recovers the newest segment and opens it for appending, or
+// creates the first one.
+func (j *Journal) openTail() error {
+	segs, err := listSegments(j.dir)
+	if err != nil {
+		return err
+	}
+	if len(segs) == 0 {
+		return j.createSegment(1)
+	}
+	last := segs[len(segs)-1]
+	size, err := j.recover(last)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(j.dir, segmentName(last)), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("audit: open journal: %w", err)
+	}
+	j.seg, j.segNum, j.segSize = f, last, size
+	return nil
+}
+
+// recover checks the newest segment and cuts a torn tail; it returns the
+// segment's size afterwards.
+func (j *Journal) recover(num int) (int64, error) {
+	path := filepath.Join(j.dir, segmentName(num))
+	res, err := scanSegment(path, nil, nil)
+	if err != nil {
+		return 0, err
+	}
+	if res.tornAt < 0 {
+		return res.size, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return 0, fmt.Errorf("audit: recover %s: %w", segmentName(num), err)
+	}
+	defer f.Close()
+	if err := f.Truncate(res.tornAt); err != nil {
+		return 0, fmt.Errorf("audit: recover %s: %w", segmentName(num), err)
+	}
+	if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("audit: recover %s: %w", segmentName(num), err)
+	}
+	j.log.Warn("audit journal: cut a torn record at the end of a segment",
+		"segment", segmentName(num), "offset", res.tornAt, "bytes", res.size-res.tornAt)
+	return res.tornAt, nil
+}
+
+// createSegment creates segment num, makes its directory entry durable and
+// makes it the current segment.
+func (j *Journal) createSegment(num int) error {
+	path := filepath.Join(j.dir, segmentName(num))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: create segment: %w", err)
+	}
+	if err := syncDir(j.dir); err != nil {
+		f.Close()
+		return fmt.Errorf("audit: create segment: %w", err)
+	}
+	j.seg, j.segNum, j.segSize = f, num, 0
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Close writes and fsyncs everything recorded so far, stops the writer and
+// releases the lock. Later calls on the Journal or its Recorders fail with
+// ErrJournalUnavailable. Close returns the journal's write failure, if any.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		<-j.done
+		return j.closeErr
+	}
+	j.closed = true
+	j.wake.Broadcast()
+	j.mu.Unlock()
+	<-j.done
+
+	var errs []error
+	j.mu.Lock()
+	if j.err != nil {
+		errs = append(errs, j.err)
+	}
+	j.mu.Unlock()
+	if err := j.seg.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		errs = append(errs, fmt.Errorf("audit: close journal: %w", err))
+	}
+	if err := j.lock.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("audit: close journal: %w", err))
+	}
+	j.closeErr = errors.Join(errs...)
+	j.log.Info("audit journal closed", "dir", j.dir)
+	return j.closeErr
+}
+
+// enqueue hands one record line to the writer and returns its ticket,
+// which wait compares with the durable count.
+func (j *Journal) enqueue(line []byte) (uint64, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for j.err == nil && !j.closed && len(j.pending) > j.opts.MaxPending {
+		j.wake.Wait()
+	}
+	if err := j.unavailable(); err != nil {
+		return 0, err
+	}
+	j.pending = append(j.pending, line...)
+	j.queued++
+	j.wake.Broadcast()
+	return j.queued, nil
+}
+
+// unavailable returns why the journal cannot take records; j.mu is held.
+func (j *Journal) unavailable() error {
+	if j.err != nil {
+		return j.err
+	}
+	if j.closed {
+		return fmt.Errorf("%w: closed", ErrJournalUnavailable)
+	}
+	return nil
+}
+
+// run is the writer goroutine: it takes everything queued, writes it in one
+// write, fsyncs once for the whole batch (group commit) and wakes the
+// waiters.
+func (j *Journal) run() {
+	defer close(j.done)
+	var batch []byte
+	for {
+		j.mu.Lock()
+		for len(j.pending) == 0 && !j.closed && j.err == nil {
+			j.wake.Wait()
+		}
+		if j.err != nil || len(j.pending) == 0 {
+			j.mu.Unlock()
+			return
+		}
+		batch, j.pending = j.pending, batch[:0]
+		upto, hook := j.queued, j.testHookWrite
+		j.wake.Broadcast() // room for blocked Record calls
+		j.mu.Unlock()
+
+		if hook != nil {
+			hook()
+		}
+		err := j.write(batch)
+
+		j.mu.Lock()
+		if err != nil {
+			j.err = fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
+			j.log.Error("audit journal cannot be written; refusing new records",
+				"dir", j.dir, "segment", segmentName(j.segNum), "err", err)
+		} else {
+			j.durable = upto
+			j.batches++
+		}
+		close(j.notify)
+		j.notify = make(chan struct{})
+		j.wake.Broadcast()
+		j.mu.Unlock()
+	}
+}
+
+// write appends batch to the current segment, rotating first when the
+// batch would take it over MaxSegmentSize, and fsyncs.
+func (j *Journal) write(batch []byte) error {
+	if j.segSize > 0 && j.segSize+int64(len(batch)) > j.opts.MaxSegmentSize {
+		if err := j.rotate(); err != nil {
+			return err
+		}
+	}
+	n, err := j.seg.Write(batch)
+	j.segSize += int64(n)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", segmentName(j.segNum), err)
+	}
+	if err := j.seg.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", segmentName(j.segNum), err)
+	}
+	return nil
+}
+
+// rotate closes the current segment (already fsynced by the last write) and
+// starts the next one.
+func (j *Journal) rotate() error {
+	old := j.segNum
+	if err := j.seg.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", segmentName(old), err)
+	}
+	if err := j.createSegment(old + 1); err != nil {
+		return err
+	}
+	j.log.Debug("audit journal: new segment", "segment", segmentName(j.segNum))
+	return nil
+}
+
+// wait returns when the record with the given ticket is durable, when the
+// journal fails, or when ctx ends.
+func (j *Journal) wait(ctx context.Context, ticket uint64) error {
+	for {
+		j.mu.Lock()
+		if j.err != nil {
+			err := j.err
+			j.mu.Unlock()
+			return err
+		}
+		if j.durable >= ticket {
+			j.mu.Unlock()
+			return nil
+		}
+		ch := j.notify
+		j.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("audit: waiting for the journal: %w", ctx.Err())
+		}
+	}
+}
+
+// encodeRecord returns one journal line:
+// {"hash":"<hex>","prev":"<hex>","event":<canonical>}\n
+func encodeRecord(prev [sha256.Size]byte, canonical []byte) (line []byte, hash [sha256.Size]byte) {
+	hash = chainHash(prev, canonical)
+	line = make([]byte, 0, len(canonical)+160)
+	line = append(line, `{"hash":"`...)
+	line = hex.AppendEncode(line, hash[:])
+	line = append(line, `","prev":"`...)
+	line = hex.AppendEncode(line, prev[:])
+	line = append(line, `","event":`...)
+	line = append(line, canonical...)
+	line = append(line, "}\n"...)
+	return line, hash
+}
+
+// chainHash is SHA-256 over the previous hash and the canonical bytes.
+func chainHash(prev [sha256.Size]byte, canonical []byte) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write(prev[:])
+	h.Write(canonical)
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out
+}

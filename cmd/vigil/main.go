@@ -1,0 +1,60 @@
+// Command vigil is the audit gateway for AI agents: an Envoy external
+// processor (`vigil extproc`), a standalone gateway (`vigil gateway`), and
+// the tools auditors, approvers and developers use around them.
+//
+// Each subcommand lives in its own file and adds itself to the root
+// command in an init function.
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// root is the top command; subcommands register themselves on it.
+var root = &cobra.Command{
+	Use:   "vigil",
+	Short: "vigil records, checks and attributes what AI agents do over database connections",
+	Long: `vigil is an Envoy external processor that validates the agent's Microsoft Entra
+token, logs in upstream with the connection's own credential, decodes the wire
+protocol, and records every command in a tamper-evident journal.
+
+  vigil gateway --config vigil.yaml    standalone listeners + processor + journal
+  vigil extproc --config vigil.yaml    gRPC service for Envoy
+  vigil audit sessions | show | verify read the journal
+  vigil dev issuer | token             a local Entra-shaped issuer for trials and tests`,
+	SilenceUsage:  true,
+	SilenceErrors: true,
+}
+
+// Flags shared by every subcommand.
+var (
+	flagConfig   string
+	flagLogLevel string
+)
+
+func init() {
+	root.PersistentFlags().StringVar(&flagConfig, "config", "vigil.yaml",
+		"configuration file")
+	root.PersistentFlags().StringVar(&flagLogLevel, "log-level", "info",
+		"log level: debug, info, warn or error")
+}
+
+// logger returns the process logger, writing text lines to stderr.
+func logger() *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(flagLogLevel)); err != nil {
+		lvl = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+func main() {
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "vigil:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilaudit/vigil/config"
+	"github.com/vigilaudit/vigil/internal/app"
+)
+
+func init() {
+	root.AddCommand(&cobra.Command{
+		Use:   "extproc",
+		Short: "Serve the Envoy network ext_proc gRPC service",
+		Long: `Serve envoy.service.network_ext_proc.v3.NetworkExternalProcessor on server.grpc,
+with gRPC health, for Envoy listeners configured as in envoy/postgres.yaml.
+Each Envoy listener names its vigil connection with the gRPC header
+x-vigil-connection (grpc_service.initial_metadata).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd.Context())
+			defer stop()
+			a, err := start(ctx)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			return a.ServeExtproc(ctx)
+		},
+	})
+	root.AddCommand(&cobra.Command{
+		Use:   "gateway",
+		Short: "Run vigil's own listeners, the processor and the journal on one machine",
+		Long: `Listen on each connection's listen address and relay every client through the
+processor exactly as Envoy would (network ext_proc contract), recording every
+command in the journal under audit.dir. For one machine, trials and tests;
+Envoy in front of 'vigil extproc' is the path to scale.
+
+The gateway answers SSLRequest itself: N, since client TLS is not configured
+in this version.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signalContext(cmd.Context())
+			defer stop()
+			a, err := start(ctx)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			gw, err := a.StartGateway(ctx)
+			if err != nil {
+				return err
+			}
+			return gw.Wait()
+		},
+	})
+}
+
+// start loads the configuration and assembles vigil.
+func start(ctx context.Context) (*app.App, error) {
+	cfg, err := config.Load(flagConfig)
+	if err != nil {
+		return nil, err
+	}
+	return app.New(ctx, cfg, logger(), app.Options{})
+}
+
+// signalContext ends on SIGINT or SIGTERM.
+func signalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+}

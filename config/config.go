@@ -1,0 +1,357 @@
+// Package config loads and checks vigil.yaml, the one configuration file
+// every vigil subcommand reads.
+//
+// The shape follows docs/configuration.md. Loading is strict: an unknown
+// key, a grant that names nothing, a connection without a credential, or
+// `export: siem` without Elasticsearch settings is an error at start-up
+// that names the file, the key (with its line) and what is expected.
+//
+// Secrets are never held in the Config itself: a Credential names a file or
+// an environment variable, and Credential.Secret reads it when needed.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole of vigil.yaml.
+type Config struct {
+	Identity    Identity     `yaml:"identity"`
+	Connections []Connection `yaml:"connections"`
+	Policy      Policy       `yaml:"policy"`
+	Audit       Audit        `yaml:"audit"`
+	Server      Server       `yaml:"server"`
+
+	// Path is the file the configuration was read from; empty for
+	// configurations built in code.
+	Path string `yaml:"-"`
+}
+
+// Identity says whose tokens vigil accepts and how it checks them.
+type Identity struct {
+	// Provider is "entra" (the default) or "oidc".
+	Provider string `yaml:"provider"`
+	// Issuer is the issuer URL for provider "oidc".
+	Issuer string `yaml:"issuer"`
+	// Tenants lists the allowed Entra tenant ids (tid).
+	Tenants []string `yaml:"tenants"`
+	// Audiences lists the accepted aud values (GUID and App ID URI forms).
+	Audiences []string `yaml:"audiences"`
+	// Versions lists accepted Entra token versions: "v1", "v2".
+	Versions []string `yaml:"versions"`
+	// Groups is "token" (groups come from the token) or "graph".
+	Groups string `yaml:"groups"`
+	// Authority is where discovery documents and keys are fetched:
+	// https://login.microsoftonline.com for Entra, or a `vigil dev issuer`.
+	Authority string `yaml:"authority"`
+	// ClockSkew bounds how far exp and nbf may be off; at most 5m.
+	ClockSkew Duration `yaml:"clock_skew"`
+	// Graph is how vigil reads group membership when Groups is "graph".
+	Graph *Graph `yaml:"graph"`
+}
+
+// Graph holds vigil's own Microsoft Graph client credentials. vigil's app
+// registration needs the GroupMember.Read.All application permission.
+type Graph struct {
+	// Tenant is where vigil's app is registered; default the first of
+	// identity.tenants.
+	Tenant           string `yaml:"tenant"`
+	ClientID         string `yaml:"client_id"`
+	ClientSecretFile string `yaml:"client_secret_file"`
+	ClientSecretEnv  string `yaml:"client_secret_env"`
+	// URL is Graph's base URL; default https://graph.microsoft.com.
+	URL string `yaml:"url"`
+	// CacheTTL is how long a membership is reused (default 10m).
+	CacheTTL Duration `yaml:"cache_ttl"`
+	// MaxStale is how long past CacheTTL a membership is still used while
+	// Graph is unreachable (default 1h).
+	MaxStale Duration `yaml:"max_stale"`
+}
+
+// Secret reads the Graph client secret.
+func (g *Graph) Secret() (Secret, error) {
+	c := Credential{PasswordFile: g.ClientSecretFile, PasswordEnv: g.ClientSecretEnv}
+	s, err := c.Secret()
+	if err != nil {
+		return "", fmt.Errorf("config: identity.graph client secret: %w", err)
+	}
+	return s, nil
+}
+
+// Connection is one upstream service that agents reach through vigil.
+type Connection struct {
+	Name string `yaml:"name"`
+	// Type is the protocol: "postgres".
+	Type string `yaml:"type"`
+	// Listen is the address `vigil gateway` listens on for this connection.
+	Listen string `yaml:"listen"`
+	// Upstream is the server's host:port.
+	Upstream string `yaml:"upstream"`
+	// Database, when set, replaces the database the client asks for.
+	Database   string     `yaml:"database"`
+	Credential Credential `yaml:"credential"`
+	// Access lists the grants that may use this connection.
+	Access Grants `yaml:"access"`
+	// Record is "full" (statements and parameters) or "statements".
+	Record string `yaml:"record"`
+	// Export names where the audit events of this connection are shipped:
+	// "" (journal only) or "siem" (the configured Elasticsearch).
+	Export string `yaml:"export"`
+}
+
+// RecordParameters reports whether parameter values are written to the audit.
+func (c *Connection) RecordParameters() bool { return c.Record != RecordStatements }
+
+// Record modes.
+const (
+	RecordFull       = "full"
+	RecordStatements = "statements"
+)
+
+// Credential is how vigil logs in upstream on behalf of an agent.
+type Credential struct {
+	// Auth is one of trust, password, md5, scram-sha-256, passthrough.
+	Auth string `yaml:"auth"`
+	// User is the upstream user vigil logs in as.
+	User string `yaml:"user"`
+	// PasswordFile holds the stored password (trailing newline ignored).
+	PasswordFile string `yaml:"password_file"`
+	// PasswordEnv names an environment variable holding the password.
+	PasswordEnv string `yaml:"password_env"`
+}
+
+// Auth methods.
+const (
+	AuthTrust       = "trust"
+	AuthPassword    = "password"
+	AuthMD5         = "md5"
+	AuthSCRAM       = "scram-sha-256"
+	AuthPassthrough = "passthrough"
+)
+
+// Secret reads the stored password. The value must never be logged.
+func (c *Credential) Secret() (Secret, error) {
+	switch {
+	case c.PasswordFile != "":
+		b, err := os.ReadFile(c.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("config: credential password_file: %w", err)
+		}
+		return Secret(strings.TrimRight(string(b), "\r\n")), nil
+	case c.PasswordEnv != "":
+		v, ok := os.LookupEnv(c.PasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("config: credential password_env: %s is not set", c.PasswordEnv)
+		}
+		return Secret(v), nil
+	}
+	return "", nil
+}
+
+// Secret is a password or key. Its LogValue redacts it.
+type Secret string
+
+// LogValue keeps secrets out of logs.
+func (Secret) LogValue() slog.Value { return slog.StringValue("[redacted]") }
+
+// String redacts the secret when printed by accident.
+func (Secret) String() string { return "[redacted]" }
+
+// Reveal returns the secret itself, for the one place that must send it.
+func (s Secret) Reveal() string { return string(s) }
+
+// Policy says where the Rego bundle lives.
+type Policy struct {
+	Dir string `yaml:"dir"`
+}
+
+// Audit says where the journal lives and where it is exported.
+type Audit struct {
+	// Dir holds the journal, the export cursor and the checkpoint key.
+	Dir           string         `yaml:"dir"`
+	Elasticsearch *Elasticsearch `yaml:"elasticsearch"`
+}
+
+// Elasticsearch holds the export settings.
+type Elasticsearch struct {
+	Addresses  []string `yaml:"addresses"`
+	APIKeyFile string   `yaml:"api_key_file"`
+	DataStream string   `yaml:"data_stream"`
+}
+
+// Server holds vigil's own listeners.
+type Server struct {
+	// GRPC is the ext_proc listener for Envoy.
+	GRPC string `yaml:"grpc"`
+	// HTTP serves health, metrics and the approvals API.
+	HTTP string `yaml:"http"`
+}
+
+// Duration is a time.Duration written as "30s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: want a duration such as 30s: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Grant is one access rule: kind "group", "role", "app" or "oid", and the
+// value it must equal.
+type Grant struct {
+	Kind  string
+	Value string
+}
+
+// String gives the grant as written in the config, "group:billing-agents".
+func (g Grant) String() string { return g.Kind + ":" + g.Value }
+
+// ParseGrant reads "kind:value".
+func ParseGrant(s string) (Grant, error) {
+	kind, value, ok := strings.Cut(strings.TrimSpace(s), ":")
+	if !ok || strings.TrimSpace(value) == "" {
+		return Grant{}, fmt.Errorf("grant %q names nothing: want kind:value, "+
+			"kind one of group, role, app, oid", s)
+	}
+	switch kind {
+	case "group", "role", "app", "oid":
+	default:
+		return Grant{}, fmt.Errorf("grant %q: unknown kind %q: want group, role, app or oid", s, kind)
+	}
+	return Grant{Kind: kind, Value: strings.TrimSpace(value)}, nil
+}
+
+// Grants is one grant or a list of grants.
+type Grants []Grant
+
+// UnmarshalYAML accepts a scalar or a sequence of "kind:value" strings.
+func (gs *Grants) UnmarshalYAML(n *yaml.Node) error {
+	var raw []string
+	switch n.Kind {
+	case yaml.ScalarNode:
+		raw = []string{n.Value}
+	case yaml.SequenceNode:
+		if err := n.Decode(&raw); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("line %d: access: want a grant or a list of grants", n.Line)
+	}
+	out := make(Grants, 0, len(raw))
+	for _, r := range raw {
+		g, err := ParseGrant(r)
+		if err != nil {
+			return fmt.Errorf("line %d: access: %w", n.Line, err)
+		}
+		out = append(out, g)
+	}
+	*gs = out
+	return nil
+}
+
+// Load reads, decodes and checks the file at path.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config: %s: %w", path, err)
+	}
+	c.Path = path
+	c.resolvePaths(filepath.Dir(path))
+	return c, nil
+}
+
+// Parse decodes and checks a configuration held in memory. Relative paths
+// stay relative to the working directory.
+func Parse(b []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, errEOF) {
+			return nil, fmt.Errorf("the file is empty")
+		}
+		return nil, err
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// resolvePaths makes relative file paths relative to the config's folder,
+// so that `vigil gateway --config deploy/vigil.yaml` works from anywhere.
+func (c *Config) resolvePaths(base string) {
+	rel := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	rel(&c.Policy.Dir)
+	if c.Identity.Graph != nil {
+		rel(&c.Identity.Graph.ClientSecretFile)
+	}
+	rel(&c.Audit.Dir)
+	if c.Audit.Elasticsearch != nil {
+		rel(&c.Audit.Elasticsearch.APIKeyFile)
+	}
+	for i := range c.Connections {
+		rel(&c.Connections[i].Credential.PasswordFile)
+	}
+}
+
+func (c *Config) applyDefaults() {
+	if c.Identity.Provider == "" {
+		c.Identity.Provider = "entra"
+	}
+	if c.Identity.Provider == "entra" && c.Identity.Authority == "" {
+		c.Identity.Authority = "https://login.microsoftonline.com"
+	}
+	if len(c.Identity.Versions) == 0 {
+		c.Identity.Versions = []string{"v1", "v2"}
+	}
+	if c.Identity.Groups == "" {
+		c.Identity.Groups = "token"
+	}
+	if c.Identity.ClockSkew == 0 {
+		c.Identity.ClockSkew = Duration(time.Minute)
+	}
+	if c.Audit.Dir == "" {
+		c.Audit.Dir = "vigil-data"
+	}
+	if c.Audit.Elasticsearch != nil && c.Audit.Elasticsearch.DataStream == "" {
+		c.Audit.Elasticsearch.DataStream = "logs-vigil.audit-default"
+	}
+	for i := range c.Connections {
+		if c.Connections[i].Record == "" {
+			c.Connections[i].Record = RecordFull
+		}
+	}
+}
+
+// Connection returns the connection with the given name, or nil.
+func (c *Config) Connection(name string) *Connection {
+	for i := range c.Connections {
+		if c.Connections[i].Name == name {
+			return &c.Connections[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,160 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"slices"
+	"time"
+)
+
+var errEOF = io.EOF
+
+// maxClockSkew bounds identity.clock_skew: a larger skew would let expired
+// tokens live on.
+const maxClockSkew = 5 * time.Minute
+
+// Validate checks the configuration and returns every problem it finds,
+// each naming the key and what is expected.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, args...)...))
+	}
+
+	// Identity.
+	id := &c.Identity
+	switch id.Provider {
+	case "entra":
+		if len(id.Tenants) == 0 {
+			bad("identity.tenants", "want at least one allowed tenant id")
+		}
+	case "oidc":
+		if id.Issuer == "" {
+			bad("identity.issuer", "provider oidc needs the issuer URL")
+		}
+	default:
+		bad("identity.provider", "%q: want entra or oidc", id.Provider)
+	}
+	if len(id.Audiences) == 0 {
+		bad("identity.audiences", "want at least one accepted audience")
+	}
+	for _, v := range id.Versions {
+		if v != "v1" && v != "v2" {
+			bad("identity.versions", "%q: want v1 or v2", v)
+		}
+	}
+	if id.Groups != "token" && id.Groups != "graph" {
+		bad("identity.groups", "%q: want token or graph", id.Groups)
+	}
+	if id.Groups == "graph" {
+		g := id.Graph
+		switch {
+		case g == nil || g.ClientID == "":
+			bad("identity.graph.client_id", "groups: graph needs vigil's own app registration "+
+				"(client_id and client_secret_file or client_secret_env)")
+		case g.ClientSecretFile == "" && g.ClientSecretEnv == "":
+			bad("identity.graph", "want client_secret_file or client_secret_env")
+		}
+	}
+	if id.Authority != "" {
+		if u, err := url.Parse(id.Authority); err != nil || u.Host == "" {
+			bad("identity.authority", "%q: want a URL such as https://login.microsoftonline.com",
+				id.Authority)
+		}
+	}
+	if time.Duration(id.ClockSkew) < 0 || time.Duration(id.ClockSkew) > maxClockSkew {
+		bad("identity.clock_skew", "%s: want between 0s and %s",
+			time.Duration(id.ClockSkew), maxClockSkew)
+	}
+
+	// Connections.
+	if len(c.Connections) == 0 {
+		bad("connections", "want at least one connection")
+	}
+	names := map[string]bool{}
+	for i := range c.Connections {
+		cn := &c.Connections[i]
+		key := fmt.Sprintf("connections[%d]", i)
+		if cn.Name == "" {
+			bad(key+".name", "every connection needs a name")
+		} else if names[cn.Name] {
+			bad(key+".name", "%q is used twice", cn.Name)
+		}
+		names[cn.Name] = true
+		if cn.Name != "" {
+			key = fmt.Sprintf("connections[%d] (%s)", i, cn.Name)
+		}
+		c.validateConnection(cn, key, bad)
+	}
+
+	// Audit.
+	if es := c.Audit.Elasticsearch; es != nil && len(es.Addresses) == 0 {
+		bad("audit.elasticsearch.addresses", "want at least one Elasticsearch URL")
+	}
+	for _, a := range []struct{ key, addr string }{
+		{"server.grpc", c.Server.GRPC}, {"server.http", c.Server.HTTP},
+	} {
+		if a.addr != "" {
+			if _, _, err := net.SplitHostPort(a.addr); err != nil {
+				bad(a.key, "%q: want host:port", a.addr)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) validateConnection(cn *Connection, key string, bad func(string, string, ...any)) {
+	if cn.Type != "postgres" {
+		bad(key+".type", "%q: want postgres", cn.Type)
+	}
+	if cn.Upstream == "" {
+		bad(key+".upstream", "want the server's host:port")
+	} else if _, _, err := net.SplitHostPort(cn.Upstream); err != nil {
+		bad(key+".upstream", "%q: want host:port", cn.Upstream)
+	}
+	if cn.Listen != "" {
+		if _, _, err := net.SplitHostPort(cn.Listen); err != nil {
+			bad(key+".listen", "%q: want host:port", cn.Listen)
+		}
+	}
+
+	cr := &cn.Credential
+	switch {
+	case cr.Auth == "":
+		bad(key+".credential", "every connection needs a credential "+
+			"(auth: trust | password | md5 | scram-sha-256 | passthrough)")
+	case !slices.Contains([]string{AuthTrust, AuthPassword, AuthMD5, AuthSCRAM,
+		AuthPassthrough}, cr.Auth):
+		bad(key+".credential.auth", "%q: want trust, password, md5, scram-sha-256 or passthrough",
+			cr.Auth)
+	}
+	if cr.Auth != AuthPassthrough && cr.Auth != "" && cr.User == "" {
+		bad(key+".credential.user", "want the upstream user vigil logs in as")
+	}
+	needsSecret := cr.Auth == AuthPassword || cr.Auth == AuthMD5 || cr.Auth == AuthSCRAM
+	if needsSecret && cr.PasswordFile == "" && cr.PasswordEnv == "" {
+		bad(key+".credential", "auth %s needs password_file or password_env", cr.Auth)
+	}
+	if cr.PasswordFile != "" && cr.PasswordEnv != "" {
+		bad(key+".credential", "set password_file or password_env, not both")
+	}
+
+	if len(cn.Access) == 0 {
+		bad(key+".access", "want at least one grant (group:, role:, app:, oid:)")
+	}
+	if cn.Record != RecordFull && cn.Record != RecordStatements {
+		bad(key+".record", "%q: want full or statements", cn.Record)
+	}
+	switch cn.Export {
+	case "":
+	case "siem":
+		if c.Audit.Elasticsearch == nil {
+			bad(key+".export", "siem needs audit.elasticsearch settings")
+		}
+	default:
+		bad(key+".export", "%q: want siem or nothing", cn.Export)
+	}
+}

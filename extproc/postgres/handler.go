@@ -1,0 +1,65 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/vigilaudit/vigil/audit"
+	"github.com/vigilaudit/vigil/config"
+	"github.com/vigilaudit/vigil/extproc"
+	"github.com/vigilaudit/vigil/identity"
+)
+
+// Options are what a Handler needs; all fields are required.
+type Options struct {
+	Config   *config.Config
+	Verifier identity.Verifier
+	Journal  *audit.Journal
+	Log      *slog.Logger
+}
+
+// Handler creates a PostgreSQL Session for each stream.
+type Handler struct {
+	opts Options
+}
+
+// NewHandler returns a Handler serving the postgres connections of
+// opts.Config.
+func NewHandler(opts Options) *Handler { return &Handler{opts: opts} }
+
+// NewSession implements extproc.Handler.
+func (h *Handler) NewSession(ctx context.Context, info extproc.ConnInfo) (extproc.Session, error) {
+	cn, err := h.connection(info.Connection)
+	if err != nil {
+		return nil, err
+	}
+	return newSession(h, cn, info), nil
+}
+
+// connection finds the connection a stream serves: the one named in the
+// stream's header, or the only postgres connection when none is named.
+func (h *Handler) connection(name string) (*config.Connection, error) {
+	if name != "" {
+		cn := h.opts.Config.Connection(name)
+		if cn == nil || cn.Type != "postgres" {
+			return nil, fmt.Errorf("postgres: no postgres connection named %q in %s",
+				name, h.opts.Config.Path)
+		}
+		return cn, nil
+	}
+	var found *config.Connection
+	for i := range h.opts.Config.Connections {
+		if cn := &h.opts.Config.Connections[i]; cn.Type == "postgres" {
+			if found != nil {
+				return nil, fmt.Errorf("postgres: the stream names no connection (header %s) "+
+					"and the config has several", extproc.HeaderConnection)
+			}
+			found = cn
+		}
+	}
+	if found == nil {
+		return nil, fmt.Errorf("postgres: the config has no postgres connection")
+	}
+	return found, nil
+}

@@ -1,0 +1,263 @@
+// Package app assembles a running vigil from its configuration: the
+// journal, the token verifier, the protocol handlers, the ext_proc gRPC
+// server and, for `vigil gateway`, the relays that play Envoy's part.
+//
+// cmd/vigil stays thin by calling it, and end-to-end tests run the very
+// same assembly in process.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/network_ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/vigilaudit/vigil/audit"
+	"github.com/vigilaudit/vigil/config"
+	"github.com/vigilaudit/vigil/extproc"
+	"github.com/vigilaudit/vigil/extproc/postgres"
+	"github.com/vigilaudit/vigil/extproc/relay"
+	"github.com/vigilaudit/vigil/identity"
+)
+
+// App is an assembled vigil.
+type App struct {
+	Config  *config.Config
+	Journal *audit.Journal
+	Log     *slog.Logger
+
+	grpc   *grpc.Server
+	health *health.Server
+}
+
+// Options tune New; the zero value is what the CLI uses.
+type Options struct {
+	// Verifier replaces the one built from the config's identity section.
+	Verifier identity.Verifier
+	// IdentityOptions are passed to identity.NewVerifier.
+	IdentityOptions []identity.Option
+}
+
+// New opens the journal and builds the processor for cfg.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) (*App, error) {
+	j, err := audit.Open(cfg.Audit.Dir, audit.Options{Log: log})
+	if err != nil {
+		return nil, err
+	}
+	v := opts.Verifier
+	if v == nil {
+		iopts := append([]identity.Option{identity.WithLogger(log)}, opts.IdentityOptions...)
+		if cfg.Identity.Groups == "graph" {
+			r, err := graphResolver(cfg, log)
+			if err != nil {
+				j.Close()
+				return nil, err
+			}
+			iopts = append(iopts, identity.WithGroupResolver(r))
+		}
+		ev, err := identity.NewVerifier(ctx, cfg.Identity, iopts...)
+		if err != nil {
+			j.Close()
+			return nil, err
+		}
+		v = ev
+	}
+	h := postgres.NewHandler(postgres.Options{Config: cfg, Verifier: v, Journal: j, Log: log})
+
+	g := grpc.NewServer()
+	extproc.NewServer(h, log).Register(g)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	return &App{Config: cfg, Journal: j, Log: log, grpc: g, health: hs}, nil
+}
+
+// graphResolver builds the Microsoft Graph group resolver from the config.
+func graphResolver(cfg *config.Config, log *slog.Logger) (*identity.GraphResolver, error) {
+	g := cfg.Identity.Graph
+	secret, err := g.Secret()
+	if err != nil {
+		return nil, err
+	}
+	tenant := g.Tenant
+	if tenant == "" && len(cfg.Identity.Tenants) > 0 {
+		tenant = cfg.Identity.Tenants[0]
+	}
+	return identity.NewGraphResolver(identity.GraphConfig{
+		Tenant: tenant, ClientID: g.ClientID, ClientSecret: secret,
+		Authority: cfg.Identity.Authority, URL: g.URL,
+		TTL: time.Duration(g.CacheTTL), MaxStale: time.Duration(g.MaxStale), Log: log,
+	})
+}
+
+// Close stops the gRPC server and closes the journal.
+func (a *App) Close() error {
+	a.health.Shutdown()
+	stopped := make(chan struct{})
+	go func() { a.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		a.grpc.Stop()
+	}
+	return a.Journal.Close()
+}
+
+// ServeExtproc serves the ext_proc service for Envoy on server.grpc (and
+// health on server.http) until ctx ends.
+func (a *App) ServeExtproc(ctx context.Context) error {
+	if a.Config.Server.GRPC == "" {
+		return fmt.Errorf("%s: server.grpc: vigil extproc needs the address to serve Envoy on",
+			a.Config.Path)
+	}
+	ln, err := net.Listen("tcp", a.Config.Server.GRPC)
+	if err != nil {
+		return fmt.Errorf("server.grpc: %w", err)
+	}
+	a.Log.Info("ext_proc listening", "addr", ln.Addr().String(),
+		"connections", len(a.Config.Connections))
+	go a.serveHTTP(ctx)
+	go func() {
+		<-ctx.Done()
+		a.grpc.GracefulStop()
+	}()
+	return a.grpc.Serve(ln)
+}
+
+// Gateway is `vigil gateway` running: one listener per connection, each
+// relaying through the processor over the Envoy contract.
+type Gateway struct {
+	// Addrs maps each connection name to the address it listens on.
+	Addrs map[string]string
+	done  chan error
+}
+
+// Wait returns when the gateway has stopped.
+func (g *Gateway) Wait() error { return <-g.done }
+
+// StartGateway listens on every connection's listen address and relays
+// each client through the processor, in process over gRPC (and also on
+// server.grpc when set, so an Envoy can share the processor).
+func (a *App) StartGateway(ctx context.Context) (*Gateway, error) {
+	// The relays reach the processor through an in-memory gRPC connection:
+	// the real generated types and the real stream semantics, no port.
+	buf := bufconn.Listen(1 << 20)
+	go a.grpc.Serve(buf)
+	cc, err := grpc.NewClient("passthrough:///vigil-processor",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return buf.DialContext(ctx)
+		}),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("gateway: processor connection: %w", err)
+	}
+	client := procv3.NewNetworkExternalProcessorClient(cc)
+
+	gw := &Gateway{Addrs: map[string]string{}, done: make(chan error, 1)}
+	type listener struct {
+		cn *config.Connection
+		ln net.Listener
+	}
+	var lns []listener
+	closeAll := func() {
+		for _, l := range lns {
+			l.ln.Close()
+		}
+	}
+	for i := range a.Config.Connections {
+		cn := &a.Config.Connections[i]
+		if cn.Listen == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", cn.Listen)
+		if err != nil {
+			closeAll()
+			cc.Close()
+			return nil, fmt.Errorf("gateway: connection %s: listen: %w", cn.Name, err)
+		}
+		lns = append(lns, listener{cn, ln})
+		gw.Addrs[cn.Name] = ln.Addr().String()
+	}
+	if len(lns) == 0 {
+		cc.Close()
+		return nil, fmt.Errorf("%s: no connection has a listen address; vigil gateway "+
+			"listens on each connection's listen", a.Config.Path)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, len(lns))
+	for _, l := range lns {
+		cn, ln := l.cn, l.ln
+		r := relay.New(relay.Options{
+			Connection: cn.Name,
+			Upstream:   cn.Upstream,
+			Processor:  client,
+			Log:        a.Log.With("connection", cn.Name),
+		})
+		a.Log.Info("gateway listening", "connection", cn.Name, "addr", ln.Addr().String(),
+			"upstream", cn.Upstream)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.Serve(ctx, ln); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs <- err
+			}
+		}()
+	}
+	go a.serveHTTP(ctx)
+	go func() {
+		<-ctx.Done()
+		closeAll()
+	}()
+	go func() {
+		wg.Wait()
+		cc.Close()
+		close(errs)
+		gw.done <- errors.Join(collect(errs)...)
+	}()
+	return gw, nil
+}
+
+func collect(ch <-chan error) []error {
+	var out []error
+	for err := range ch {
+		out = append(out, err)
+	}
+	return out
+}
+
+// serveHTTP serves health on server.http until ctx ends.
+func (a *App) serveHTTP(ctx context.Context) {
+	if a.Config.Server.HTTP == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", a.Config.Server.HTTP)
+	if err != nil {
+		a.Log.Error("server.http: listen", "err", err)
+		return
+	}
+	a.Log.Info("http listening", "addr", ln.Addr().String())
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		a.Log.Error("http server", "err", err)
+	}
+}

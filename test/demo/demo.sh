@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# make demo: one agent session through vigil, then its audit trail.
+#
+# Starts a throwaway PostgreSQL 15 (password auth; the stored password in a
+# file only vigil reads), `vigil dev issuer` (an Entra-shaped token issuer)
+# and `vigil gateway`, mints an access token for an app with the app role
+# Db.ReadWrite, runs a short psql session with the token as the password,
+# and prints `vigil audit sessions` and `vigil audit show`. Everything runs
+# in a temp dir on loopback and is removed at the end (KEEP=1 keeps it).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=../lib.sh
+. "$ROOT/test/lib.sh"
+
+setup demo
+log "work dir $WORK"
+
+log "starting PostgreSQL 15 (password auth, user app_rw, database demo)"
+start_postgres
+
+log "starting vigil dev issuer"
+start_issuer
+echo "authority $AUTHORITY, tenant $TENANT"
+
+write_config
+log "starting vigil gateway --config $WORK/vigil.yaml"
+sed -n '/^identity:/,$p' "$WORK/vigil.yaml"
+start_gateway
+
+APP_ID=$(new_guid)
+log "minting a token: app $APP_ID, role Db.ReadWrite, audience api://vigil"
+TOKEN=$("$VIGIL" dev token --issuer "$AUTHORITY" --audience api://vigil \
+	--role Db.ReadWrite --app-id "$APP_ID")
+[ -n "$TOKEN" ] || die "vigil dev token printed nothing"
+
+log "agent session: psql through vigil on 127.0.0.1:$GW_PORT with the token as password"
+# The agent knows only the gateway's address and its own token.
+PGPASSWORD=$TOKEN "$PGBIN/psql" -X -e -v ON_ERROR_STOP=0 \
+	"host=127.0.0.1 port=$GW_PORT user=agent dbname=demo sslmode=disable \
+application_name=demo-agent" <<'SQL' || true
+CREATE TABLE invoices (id serial PRIMARY KEY, customer text NOT NULL, amount numeric);
+INSERT INTO invoices (customer, amount) VALUES ('acme', 120.50), ('globex', 75)
+  RETURNING id, customer;
+SELECT id, customer, amount FROM invoices ORDER BY id;
+UPDATE invoices SET amount = amount * 1.1 WHERE customer = 'acme';
+SELECT count(*) AS invoices, sum(amount) AS total FROM invoices;
+SELECT amount / 0 FROM invoices;
+SQL
+
+log "vigil audit sessions"
+"$VIGIL" audit sessions --config "$WORK/vigil.yaml"
+
+SESSION=$("$VIGIL" audit sessions --config "$WORK/vigil.yaml" --json |
+	grep -o '"session_id" *: *"[^"]*"' | tail -n 1 | sed 's/.*: *"\(.*\)"/\1/')
+[ -n "$SESSION" ] || die "no session found in the journal"
+
+log "vigil audit show $SESSION"
+"$VIGIL" audit show --config "$WORK/vigil.yaml" "$SESSION"
