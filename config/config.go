@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,7 +107,45 @@ type Connection struct {
 	// Export names where the audit events of this connection are shipped:
 	// "" (journal only) or "siem" (the configured Elasticsearch).
 	Export string `yaml:"export"`
+	// TLS is the certificate `vigil gateway` presents to clients (it answers
+	// SSLRequest with S). Behind Envoy, postgres_proxy terminates TLS.
+	TLS *TLS `yaml:"tls"`
+	// UpstreamTLS is how `vigil gateway` speaks TLS to the server.
+	UpstreamTLS UpstreamTLS `yaml:"upstream_tls"`
+	// InsecurePlaintext lets tokens and stored passwords cross a plaintext
+	// hop that leaves the machine. Never set it outside a closed test
+	// network: anyone on the path can replay what they see.
+	InsecurePlaintext bool `yaml:"insecure_plaintext"`
 }
+
+// TLS names a certificate and its key, PEM files.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile, when set, requires clients to present a certificate
+	// signed by it.
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// UpstreamTLS says how vigil reaches the server over TLS.
+type UpstreamTLS struct {
+	// Mode is disable, require (encrypt, no verification) or verify-full
+	// (the default for upstreams off the machine: certificate and host
+	// name checked).
+	Mode string `yaml:"mode"`
+	// CAFile holds the CAs that sign the server's certificate; the system
+	// pool when empty.
+	CAFile string `yaml:"ca_file"`
+	// ServerName overrides the host name checked in the certificate.
+	ServerName string `yaml:"server_name"`
+}
+
+// Upstream TLS modes.
+const (
+	TLSDisable    = "disable"
+	TLSRequire    = "require"
+	TLSVerifyFull = "verify-full"
+)
 
 // RecordParameters reports whether parameter values are written to the audit.
 func (c *Connection) RecordParameters() bool { return c.Record != RecordStatements }
@@ -313,7 +352,14 @@ func (c *Config) resolvePaths(base string) {
 		rel(&c.Audit.Elasticsearch.APIKeyFile)
 	}
 	for i := range c.Connections {
-		rel(&c.Connections[i].Credential.PasswordFile)
+		cn := &c.Connections[i]
+		rel(&cn.Credential.PasswordFile)
+		if cn.TLS != nil {
+			rel(&cn.TLS.CertFile)
+			rel(&cn.TLS.KeyFile)
+			rel(&cn.TLS.ClientCAFile)
+		}
+		rel(&cn.UpstreamTLS.CAFile)
 	}
 }
 
@@ -340,8 +386,15 @@ func (c *Config) applyDefaults() {
 		c.Audit.Elasticsearch.DataStream = "logs-vigil.audit-default"
 	}
 	for i := range c.Connections {
-		if c.Connections[i].Record == "" {
-			c.Connections[i].Record = RecordFull
+		cn := &c.Connections[i]
+		if cn.Record == "" {
+			cn.Record = RecordFull
+		}
+		if cn.UpstreamTLS.Mode == "" {
+			cn.UpstreamTLS.Mode = TLSVerifyFull
+			if IsLoopback(cn.Upstream) {
+				cn.UpstreamTLS.Mode = TLSDisable
+			}
 		}
 	}
 }
@@ -354,4 +407,18 @@ func (c *Config) Connection(name string) *Connection {
 		}
 	}
 	return nil
+}
+
+// IsLoopback reports whether addr (host:port) is on this machine: a
+// loopback IP or "localhost".
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -142,6 +142,8 @@ func (c *Config) validateConnection(cn *Connection, key string, bad func(string,
 		bad(key+".credential", "set password_file or password_env, not both")
 	}
 
+	c.validateTLS(cn, key, bad)
+
 	if len(cn.Access) == 0 {
 		bad(key+".access", "want at least one grant (group:, role:, app:, oid:)")
 	}
@@ -156,5 +158,34 @@ func (c *Config) validateConnection(cn *Connection, key string, bad func(string,
 		}
 	default:
 		bad(key+".export", "%q: want siem or nothing", cn.Export)
+	}
+}
+
+// validateTLS enforces that tokens and stored passwords never cross a
+// plaintext hop off the machine unless the config says so explicitly.
+func (c *Config) validateTLS(cn *Connection, key string, bad func(string, string, ...any)) {
+	if t := cn.TLS; t != nil && (t.CertFile == "" || t.KeyFile == "") {
+		bad(key+".tls", "want cert_file and key_file")
+	}
+	switch cn.UpstreamTLS.Mode {
+	case TLSDisable, TLSRequire, TLSVerifyFull:
+	default:
+		bad(key+".upstream_tls.mode", "%q: want disable, require or verify-full",
+			cn.UpstreamTLS.Mode)
+	}
+	if cn.InsecurePlaintext {
+		return
+	}
+	if cn.Listen != "" && cn.TLS == nil && !IsLoopback(cn.Listen) {
+		bad(key+".listen", "%s is off this machine and no tls is configured: agents' tokens "+
+			"would cross a plaintext hop; configure tls (cert_file, key_file) or, on a closed "+
+			"test network only, insecure_plaintext: true", cn.Listen)
+	}
+	revealing := cn.Credential.Auth == AuthPassword || cn.Credential.Auth == AuthPassthrough
+	if revealing && cn.UpstreamTLS.Mode == TLSDisable && cn.Upstream != "" &&
+		!IsLoopback(cn.Upstream) {
+		bad(key+".upstream_tls.mode", "disable: auth %s sends the secret in clear to %s; use "+
+			"require or verify-full, or insecure_plaintext: true on a closed test network",
+			cn.Credential.Auth, cn.Upstream)
 	}
 }

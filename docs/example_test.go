@@ -1,5 +1,6 @@
-// Package docs_test checks that the example configuration in docs/ loads
-// and documents every key the loader knows.
+// Package docs_test checks that the example configurations in docs/ and
+// README.md load, and that docs/vigil.example.yaml shows every key the
+// loader knows.
 package docs_test
 
 import (
@@ -28,6 +29,25 @@ func TestExampleLoads(t *testing.T) {
 	if cn.Credential.Auth != config.AuthSCRAM || len(cn.Access) != 2 {
 		t.Errorf("credential auth %q, %d grants; want scram-sha-256 and 2",
 			cn.Credential.Auth, len(cn.Access))
+	}
+}
+
+// TestReadmeConfigLoads parses the quick start's vigil.yaml in README.md.
+func TestReadmeConfigLoads(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindSubmatch(b)
+	if m == nil {
+		t.Fatal("README.md has no yaml block")
+	}
+	c, err := config.Parse(m[1])
+	if err != nil {
+		t.Fatalf("README.md vigil.yaml: %v", err)
+	}
+	if c.Connection("demo-db") == nil {
+		t.Error("README.md vigil.yaml: connection demo-db missing")
 	}
 }
 

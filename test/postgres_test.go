@@ -446,20 +446,120 @@ func TestRefusedTokens(t *testing.T) {
 	}
 }
 
-func TestUpstreamTrustAndMD5(t *testing.T) {
-	for _, method := range []string{pgtest.AuthTrust, pgtest.AuthMD5} {
+func TestUpstreamAuthMethods(t *testing.T) {
+	methods := []string{pgtest.AuthTrust, pgtest.AuthPassword, pgtest.AuthMD5, pgtest.AuthSCRAM}
+	for _, method := range methods {
 		t.Run(method, func(t *testing.T) {
 			e := startEnv(t, envOptions{auth: method})
-			out, stderr, err := psql(t, e.addr, "agent", e.token(t, identity.TokenSpec{}),
-				"postgres", "", "-At", "-c", "SELECT current_user")
+			tok := e.token(t, identity.TokenSpec{})
+
+			// psql logs in with the token and runs as the stored user.
+			out, stderr, err := psql(t, e.addr, "agent", tok, "postgres", "", "-At", "-c",
+				"SELECT current_user")
 			if err != nil || strings.TrimSpace(out) != upstreamUser {
 				t.Fatalf("psql: %v %q %q", err, out, stderr)
 			}
+			evs := e.lastSession(t)
+			if evs[0].Kind != audit.KindSessionStart || evs[0].UpstreamUser != upstreamUser ||
+				evs[0].Identity.OID != identity.DevObjectID {
+				t.Fatalf("session start %+v", evs[0])
+			}
+
+			// pgx too, with a long token (several kilobytes of claims).
+			big := e.token(t, identity.TokenSpec{Claims: map[string]any{
+				"padding": strings.Repeat("p", 6000)}})
+			if len(big) < 8000 {
+				t.Fatalf("token is only %d bytes", len(big))
+			}
+			conn, err := pgx.Connect(context.Background(), e.vigilDSN(big, "postgres"))
+			if err != nil {
+				t.Fatalf("pgx with a %d-byte token: %v", len(big), err)
+			}
+			var user string
+			if err := conn.QueryRow(context.Background(), "SELECT current_user").Scan(&user); err != nil ||
+				user != upstreamUser {
+				t.Fatalf("pgx: %q %v", user, err)
+			}
+			conn.Close(context.Background())
+
+			// A refused token never reaches a login upstream.
 			_, stderr, err = psql(t, e.addr, "agent", "not-a-token", "postgres", "",
 				"-c", "SELECT 1")
 			if err == nil || !strings.Contains(stderr, "vigil: access token refused") {
 				t.Fatalf("a bad token: %v %q", err, stderr)
 			}
 		})
+	}
+}
+
+func TestRoleChangingStartupRefused(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	tok := e.token(t, identity.TokenSpec{})
+	host, port, _ := net.SplitHostPort(e.addr)
+	for _, opts := range []string{"-c role=postgres", "-c session_authorization=postgres"} {
+		dsn := fmt.Sprintf("host=%s port=%s user=agent dbname=postgres sslmode=disable "+
+			"password=%s options='%s'", host, port, tok, opts)
+		_, err := pgconn.Connect(context.Background(), dsn)
+		if err == nil || !strings.Contains(err.Error(), "set the role are not allowed") {
+			t.Fatalf("options %q: err = %v", opts, err)
+		}
+	}
+	evs := e.lastSession(t)
+	if evs[0].Kind != audit.KindAuthFailed || evs[0].ReasonCode != "startup_parameter" {
+		t.Fatalf("first event %+v", evs[0])
+	}
+}
+
+// An error seen before the client sends the rest of its batch: the server
+// discards everything up to Sync, and the journal says so.
+func TestPipelineErrorBeforeRestOfBatch(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	r := dialRaw(t, e.addr)
+	r.login(e.token(t, identity.TokenSpec{}), 1<<20)
+
+	extended := func(b []byte, sql string) []byte {
+		b, _ = (&pgproto3.Parse{Query: sql}).Encode(b)
+		b, _ = (&pgproto3.Bind{}).Encode(b)
+		b, _ = (&pgproto3.Execute{}).Encode(b)
+		return b
+	}
+	b := extended(nil, "SELECT 1/0")
+	b, _ = (&pgproto3.Flush{}).Encode(b)
+	r.c.Write(b)
+	got := r.until(func(m pgproto3.BackendMessage) bool {
+		_, ok := m.(*pgproto3.ErrorResponse)
+		return ok
+	})
+	if e, _ := got[len(got)-1].(*pgproto3.ErrorResponse); e.Code != "22012" {
+		t.Fatalf("got %+v", got)
+	}
+	b = extended(nil, "SELECT 'discarded'")
+	b, _ = (&pgproto3.Sync{}).Encode(b)
+	r.c.Write(b)
+	got = r.until(isReady)
+	if len(got) != 1 {
+		t.Fatalf("the server answered the discarded statement: %#v", got)
+	}
+	// The session goes on after the Sync.
+	b = extended(nil, "SELECT 'after'")
+	b, _ = (&pgproto3.Sync{}).Encode(b)
+	b, _ = (&pgproto3.Terminate{}).Encode(b)
+	r.c.Write(b)
+	r.until(isReady)
+	r.c.Close()
+
+	cs := commands(t, e.lastSession(t))
+	want := []struct{ sql, status string }{
+		{"SELECT 1/0", audit.StatusError},
+		{"SELECT 'discarded'", audit.StatusSkipped},
+		{"SELECT 'after'", audit.StatusOK},
+	}
+	if len(cs) != len(want) {
+		t.Fatalf("commands:\n%s", describe(cs))
+	}
+	for i, w := range want {
+		if cs[i].cmd.Command.SQL != w.sql || cs[i].res.Status != w.status {
+			t.Errorf("command %d: %q %s, want %+v", i+1, cs[i].cmd.Command.SQL, cs[i].res.Status, w)
+		}
 	}
 }

@@ -92,7 +92,9 @@ func (s *session) startup(out, raw []byte) ([]byte, extproc.Action) {
 		application: msg.Parameters["application_name"]}
 
 	// Parse the parameters instead of copying them blindly.
-	if reason := refusedParameter(msg.Parameters); reason != "" {
+	if s.unknown != "" {
+		s.refuse(s.unknown, "unknown_connection")
+	} else if reason := refusedParameter(msg.Parameters); reason != "" {
 		s.refuse(reason, "startup_parameter")
 	}
 	params := make(map[string]string, len(msg.Parameters))

@@ -115,7 +115,7 @@ func (s *session) request(out []byte, typ byte, raw []byte) ([]byte, extproc.Act
 	case 'C':
 		s.closeObject(raw)
 	case 'S':
-		s.discarding = false
+		s.discarding, s.shadow = false, nil
 		s.pending = append(s.pending, &item{kind: itemSync})
 	case 'F':
 		err = s.functionCall(raw)
@@ -133,14 +133,31 @@ func (s *session) request(out []byte, typ byte, raw []byte) ([]byte, extproc.Act
 
 // discarded handles a request the server will drop unseen, after an
 // error in an extended-protocol batch: commands are recorded as skipped.
+// Statements and portals the client creates meanwhile never exist on the
+// server; they are kept apart, for the record only, until the Sync.
 func (s *session) discarded(out []byte, typ byte, raw []byte) ([]byte, extproc.Action) {
+	if s.shadow == nil {
+		s.shadow = &session{stmts: map[string]*prepared{}, portals: map[string]*portal{},
+			cn: s.cn, log: s.log}
+		for k, v := range s.stmts {
+			s.shadow.stmts[k] = v
+		}
+	}
 	var c *audit.Command
 	switch typ {
+	case 'P':
+		s.shadow.parse(raw)
+	case 'B':
+		s.shadow.bind(raw)
 	case 'E':
 		var e pgproto3.Execute
 		if err := e.Decode(body('E', raw)); err == nil {
 			c = &audit.Command{Message: "execute", Portal: e.Portal}
-			if pt := s.portals[e.Portal]; pt != nil {
+			pt := s.shadow.portals[e.Portal]
+			if pt == nil {
+				pt = s.portals[e.Portal]
+			}
+			if pt != nil {
 				c.SQL, c.Statement = pt.sql, pt.stmt
 				c.Parameters, c.ParameterCount = pt.params, pt.nparam
 			}

@@ -32,7 +32,17 @@ func NewHandler(opts Options) *Handler { return &Handler{opts: opts} }
 func (h *Handler) NewSession(ctx context.Context, info extproc.ConnInfo) (extproc.Session, error) {
 	cn, err := h.connection(info.Connection)
 	if err != nil {
-		return nil, err
+		// Serve the login anyway, so the client learns why in a FATAL
+		// error and the attempt is recorded; nothing reaches a command.
+		h.opts.Log.Warn("stream for an unknown connection", "connection", info.Connection,
+			"peer", info.Peer, "err", err)
+		name := info.Connection
+		if name == "" {
+			name = "(none)"
+		}
+		s := newSession(h, &config.Connection{Name: name, Type: "postgres"}, info)
+		s.unknown = fmt.Sprintf("vigil serves no postgres connection named %q here", name)
+		return s, nil
 	}
 	return newSession(h, cn, info), nil
 }

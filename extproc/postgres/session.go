@@ -60,6 +60,11 @@ type session struct {
 	// discarding is set after an extended-protocol error when the client
 	// has not sent the Sync yet: the server drops everything up to it.
 	discarding bool
+	// shadow holds what the client creates while the server discards.
+	shadow *session
+	// unknown is set when the stream names no connection vigil serves;
+	// the login is refused with this reason.
+	unknown string
 	// endReason says why vigil ended the session, for its end event.
 	endReason string
 }
