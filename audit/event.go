@@ -16,6 +16,7 @@ const (
 	KindAuthFailed   Kind = "auth_failed"
 	KindCommand      Kind = "command"
 	KindResult       Kind = "result"
+	KindApproval     Kind = "approval"
 	KindSessionEnd   Kind = "session_end"
 )
 
@@ -42,8 +43,11 @@ type Event struct {
 	Database     string             `json:"database,omitempty"`
 
 	Command *Command `json:"command,omitempty"` // KindCommand
-	Result  *Result  `json:"result,omitempty"`  // KindResult
-	Session *Session `json:"session,omitempty"` // KindSessionStart, KindSessionEnd
+	// Decision is the policy's verdict on the command (KindCommand).
+	Decision *Decision `json:"decision,omitempty"`
+	Result   *Result   `json:"result,omitempty"`   // KindResult
+	Approval *Approval `json:"approval,omitempty"` // KindApproval
+	Session  *Session  `json:"session,omitempty"`  // KindSessionStart, KindSessionEnd
 	// Reason says why a login failed (KindAuthFailed) or why a session
 	// ended abnormally.
 	Reason string `json:"reason,omitempty"`
@@ -99,6 +103,8 @@ type Result struct {
 	SQLState string  `json:"sqlstate,omitempty"`
 	Message  string  `json:"message,omitempty"` // error message
 	Duration float64 `json:"duration_ms"`
+	// Masked summarises the values rewritten on their way to the client.
+	Masked []Masked `json:"masked,omitempty"`
 }
 
 // Result statuses.
@@ -107,7 +113,46 @@ const (
 	StatusError   = "error"
 	StatusSkipped = "skipped"
 	StatusAborted = "aborted"
+	// StatusDenied: vigil refused the command; the server never ran it.
+	StatusDenied = "denied"
 )
+
+// Decision is what the policy said about a command.
+type Decision struct {
+	Allowed bool     `json:"allowed"`
+	Rules   []string `json:"rules,omitempty"`
+	Reasons []string `json:"reasons,omitempty"`
+	// Revision identifies the policy bundle that decided.
+	Revision string `json:"revision,omitempty"`
+	// Mask lists the masking the policy asked for, as "column:strategy"
+	// or "detector:strategy".
+	Mask []string `json:"mask,omitempty"`
+	// Hold is set when the command waited for a human approval.
+	Hold bool `json:"hold,omitempty"`
+}
+
+// Masked counts the values vigil rewrote in one column of a result.
+type Masked struct {
+	Column   string `json:"column"`
+	Strategy string `json:"strategy"`
+	// Rule is the column rule or the detector that matched.
+	Rule   string `json:"rule"`
+	Values int64  `json:"values"`
+}
+
+// Approval is one step of a command's approval.
+type Approval struct {
+	// Command is the seq of the command waiting for approval.
+	Command   uint64 `json:"command"`
+	RequestID string `json:"request_id"`
+	// Step is requested, approved, denied, refused (an attempt by someone
+	// not allowed to decide), expired or cancelled.
+	Step   string             `json:"step"`
+	Actor  *identity.Identity `json:"actor,omitempty"`
+	Reason string             `json:"reason,omitempty"`
+	// Approvers are the grants that may decide (on the requested step).
+	Approvers []string `json:"approvers,omitempty"`
+}
 
 // Session describes the session as a whole, on its start and end events.
 type Session struct {

@@ -52,17 +52,19 @@ type Journal struct {
 	opts Options
 	lock *os.File
 
-	mu       sync.Mutex
-	wake     *sync.Cond    // the writer waits for work; Record waits for room
-	pending  []byte        // whole record lines, not yet handed to the writer
-	queued   uint64        // records enqueued since Open (the last ticket)
-	durable  uint64        // records written and fsynced since Open
-	notify   chan struct{} // closed and replaced whenever durable or err changes
-	err      error         // the first write failure, wrapping ErrJournalUnavailable
-	closed   bool
-	batches  int           // batches written, for tests of group commit
-	done     chan struct{} // closed when the writer goroutine has returned
-	closeErr error
+	mu      sync.Mutex
+	wake    *sync.Cond    // the writer waits for work; Record waits for room
+	pending []byte        // whole record lines, not yet handed to the writer
+	queued  uint64        // records enqueued since Open (the last ticket)
+	durable uint64        // records written and fsynced since Open
+	notify  chan struct{} // closed and replaced whenever durable or err changes
+	err     error         // the first write failure, wrapping ErrJournalUnavailable
+	closed  bool
+	batches int           // batches written, for tests of group commit
+	done    chan struct{} // closed when the writer goroutine has returned
+
+	closeOnce sync.Once
+	closeErr  error
 
 	// testHookWrite, when set, runs in the writer before each batch.
 	testHookWrite func()
@@ -202,12 +204,12 @@ func syncDir(dir string) error {
 // releases the lock. Later calls on the Journal or its Recorders fail with
 // ErrJournalUnavailable. Close returns the journal's write failure, if any.
 func (j *Journal) Close() error {
+	j.closeOnce.Do(j.close)
+	return j.closeErr
+}
+
+func (j *Journal) close() {
 	j.mu.Lock()
-	if j.closed {
-		j.mu.Unlock()
-		<-j.done
-		return j.closeErr
-	}
 	j.closed = true
 	j.wake.Broadcast()
 	j.mu.Unlock()
@@ -227,7 +229,6 @@ func (j *Journal) Close() error {
 	}
 	j.closeErr = errors.Join(errs...)
 	j.log.Info("audit journal closed", "dir", j.dir)
-	return j.closeErr
 }
 
 // enqueue hands one record line to the writer and returns its ticket,

@@ -85,7 +85,8 @@ func (r *Recorder) append(ev Event) (uint64, error) {
 // The journal's writer fsyncs once for all events queued at that moment, of
 // every session (group commit). Sync returns an error wrapping
 // ErrJournalUnavailable when the journal has failed, even if this session's
-// events were written, and ctx's error when ctx ends first.
+// events were written, and ctx's error when ctx ends first. After a clean
+// Journal.Close it returns nil: Close made every recorded event durable.
 func (r *Recorder) Sync(ctx context.Context) error {
 	r.mu.Lock()
 	t := r.ticket

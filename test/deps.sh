@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what vigil's tests, demo and bench need on Debian 12, when it is
 # missing: PostgreSQL 15 (server, psql, pgbench), a C compiler for
-# pg_query_go's cgo build, and, when run as root, the unprivileged user
+# pg_query_go's cgo build, Chromium for the approvals page's browser test,
+# and, when run as root, the unprivileged user
 # "vigiltest" that throwaway clusters run as (PostgreSQL refuses root).
 # Quiet and quick when everything is present. Usage: deps.sh [PGBIN]
 set -eu
@@ -11,6 +12,7 @@ pkgs=""
 [ -x "$pgbin/postgres" ] && [ -x "$pgbin/pgbench" ] || pkgs="$pkgs postgresql-15"
 [ -x "$pgbin/psql" ] || pkgs="$pkgs postgresql-client-15"
 command -v cc >/dev/null 2>&1 || pkgs="$pkgs gcc libc6-dev"
+command -v chromium >/dev/null 2>&1 || pkgs="$pkgs chromium"
 
 if [ -n "$pkgs" ]; then
 	if [ "$(id -u)" -eq 0 ]; then

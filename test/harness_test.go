@@ -45,9 +45,14 @@ type env struct {
 type envOptions struct {
 	auth   string // pg_hba method; default password
 	record string
+	quiet  bool // log errors only (benchmarks)
+	// connYAML, when set, runs once the cluster has started and returns
+	// extra keys for the connection block, each line indented four spaces
+	// (tls_test.go configures TLS with it).
+	connYAML func(t testing.TB, pg *pgtest.Cluster) string
 }
 
-func startEnv(t *testing.T, o envOptions) *env {
+func startEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	if o.auth == "" {
 		o.auth = pgtest.AuthPassword
@@ -55,6 +60,10 @@ func startEnv(t *testing.T, o envOptions) *env {
 	e := &env{}
 	e.pg = pgtest.Start(t, pgtest.Options{Auth: o.auth})
 	e.pg.CreateUser(t, upstreamUser, upstreamPassword)
+	var connExtra string
+	if o.connYAML != nil {
+		connExtra = o.connYAML(t, e.pg)
+	}
 
 	iss, err := identity.NewDevIssuer(identity.DevTenant)
 	if err != nil {
@@ -89,16 +98,20 @@ connections:
       password_file: %s
     access: [role:%s, group:billing-agents]
     record: %s
-audit:
+%saudit:
   dir: %s
 `, identity.DevTenant, identity.DevAPIAppID, e.iss.URL, connName, e.pg.Addr(), auth,
-		upstreamUser, pwFile, agentRole, orDefault(o.record, "full"), e.dataDir)
+		upstreamUser, pwFile, agentRole, orDefault(o.record, "full"), connExtra, e.dataDir)
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yaml)
 	}
 
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	level := slog.LevelInfo
+	if o.quiet {
+		level = slog.LevelError
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level}))
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, cfg, log, app.Options{})
 	if err != nil {
@@ -128,7 +141,7 @@ func orDefault(s, def string) string {
 }
 
 // testWriter sends log lines to the test log, so they show on failure.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()

@@ -27,7 +27,8 @@ var auditCmd = &cobra.Command{
   vigil audit show ID    every event of one session, in order`,
 }
 
-var auditFlags struct {
+// auditOptions holds the flags of the audit commands.
+type auditOptions struct {
 	data       string
 	json       bool
 	identity   string
@@ -35,6 +36,8 @@ var auditFlags struct {
 	since      string
 	until      string
 }
+
+var auditFlags auditOptions
 
 var auditSessionsCmd = &cobra.Command{
 	Use:   "sessions",

@@ -279,7 +279,7 @@ func (s *session) begin() error {
 	if err != nil {
 		return err
 	}
-	s.rec = rec
+	s.rec, s.sessionID = rec, rec.ID()
 	s.log.Info("session opened", "session", rec.ID(), "identity", s.id.Principal(),
 		"grant", s.grant, "upstream_user", s.upstreamUser())
 	return nil

@@ -4,6 +4,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/vigilaudit/vigil/audit"
+	"github.com/vigilaudit/vigil/policy"
 )
 
 // fromServer handles one whole server message; mu is not held on entry.
@@ -18,8 +19,7 @@ func (s *session) fromServer(out []byte, typ byte, raw []byte) []byte {
 	case phaseCancel:
 		return append(out, raw...)
 	}
-	s.answer(typ, raw)
-	return append(out, raw...)
+	return s.answer(out, typ, raw)
 }
 
 // head is the request the server is answering, or nil.
@@ -40,14 +40,27 @@ func (it *item) current() *command {
 	return it.cmds[it.cur]
 }
 
-// answer pairs a server message with the request it answers and records
-// results. It never changes the message.
-func (s *session) answer(typ byte, raw []byte) {
+// answer pairs a server message with the request it answers, records
+// results, and appends the message to out: as it came, masked, or (for a
+// request vigil denied) replaced by vigil's error.
+func (s *session) answer(out []byte, typ byte, raw []byte) []byte {
 	it := s.head()
 	switch typ {
 	case 'D': // DataRow
 		if c := it.current(); c != nil {
 			c.rows++
+			if c.plan != nil {
+				return c.plan.row(out, raw)
+			}
+		}
+	case 'd': // CopyData of a COPY TO STDOUT
+		if c := it.current(); c != nil && c.plan != nil && c.copyOut {
+			return c.plan.copyRow(out, raw)
+		}
+	case 'H': // CopyOutResponse
+		if c := it.current(); c != nil {
+			c.copyOut = true
+			c.plan = newMaskPlan(detectorsOnly(c.mask), nil, nil, nil)
 		}
 	case 'C', 'I': // CommandComplete, EmptyQueryResponse
 		s.complete(it, typ, raw)
@@ -57,7 +70,7 @@ func (s *session) answer(typ byte, raw []byte) {
 			s.pop()
 		}
 	case 'E':
-		s.failed(it, raw)
+		return s.failed(out, it, raw)
 	case 'V': // FunctionCallResponse; ReadyForQuery follows
 		if it != nil && it.kind == itemFunction {
 			s.finish(it.current(), audit.Result{Status: audit.StatusOK, Tag: "FUNCTION CALL"})
@@ -72,15 +85,73 @@ func (s *session) answer(typ byte, raw []byte) {
 		if it != nil && it.kind == itemDescribe {
 			s.learnParameterTypes(it, raw)
 		}
-	case 'T', 'n': // RowDescription, NoData
+	case 'T': // RowDescription
+		if s.rowDescription(it, raw) {
+			return out
+		}
+	case 'n': // NoData
 		if it != nil && it.kind == itemDescribe {
 			s.pop()
+			if it.injected {
+				return out
+			}
 		}
 	}
-	// CopyIn/Out/BothResponse, CopyData, CopyDone, NoticeResponse,
+	// CopyInResponse, CopyBothResponse, CopyDone, NoticeResponse,
 	// NotificationResponse, ParameterStatus, BackendKeyData and
 	// NegotiateProtocolVersion pass through; their commands complete with
 	// a CommandComplete like any other.
+	return append(out, raw...)
+}
+
+// rowDescription learns the shape of rows: for a Describe, of the
+// statement or portal; for a simple query, of the statement now running.
+// It reports whether the message answers vigil's own Describe and must
+// not reach the client.
+func (s *session) rowDescription(it *item, raw []byte) bool {
+	if it == nil {
+		return false
+	}
+	var rd pgproto3.RowDescription
+	if err := rd.Decode(body('T', raw)); err != nil {
+		return false
+	}
+	fields := make([]pgproto3.FieldDescription, len(rd.Fields))
+	for i, f := range rd.Fields {
+		fields[i] = f
+		fields[i].Name = append([]byte(nil), f.Name...)
+	}
+	switch it.kind {
+	case itemDescribe:
+		if it.portal != nil {
+			it.portal.fields = fields
+		} else if st := s.stmts[it.stmt]; st != nil && st.sql == it.sql {
+			st.fields = fields
+		}
+		s.pop()
+		if c := it.next; it.injected && c != nil {
+			c.fields = fields
+			c.plan = newMaskPlan(c.mask, fields, it.portal.formats, c.tables)
+			return true
+		}
+	case itemQuery:
+		if c := it.current(); c != nil && len(c.mask) > 0 {
+			c.fields = fields
+			c.plan = newMaskPlan(c.mask, fields, nil, c.tables)
+		}
+	}
+	return false
+}
+
+// detectorsOnly keeps the value detectors of a mask.
+func detectorsOnly(rules []policy.MaskRule) []policy.MaskRule {
+	var out []policy.MaskRule
+	for _, r := range rules {
+		if r.Detector != "" {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // complete handles CommandComplete and EmptyQueryResponse.
@@ -106,28 +177,46 @@ func (s *session) complete(it *item, typ byte, raw []byte) {
 	}
 }
 
-// failed handles an ErrorResponse: the request at the head failed.
-func (s *session) failed(it *item, raw []byte) {
+// failed handles an ErrorResponse: the request at the head failed. A
+// request vigil denied has its error replaced by vigil's.
+func (s *session) failed(out []byte, it *item, raw []byte) []byte {
 	var e pgproto3.ErrorResponse
 	if err := e.Decode(body('E', raw)); err != nil {
 		e.Message = "malformed error response"
 	}
 	r := audit.Result{Status: audit.StatusError, SQLState: e.Code, Message: e.Message}
 	if it == nil {
-		return // an error outside any request, such as an admin shutdown
+		return append(out, raw...) // outside any request, such as an admin shutdown
 	}
+	if it.denied != nil {
+		r = audit.Result{Status: audit.StatusDenied, SQLState: stateInsufficientPrivilege,
+			Message: it.denied.message}
+		out = rewriteDenial(out, it.denied, e.Severity)
+		it.denied = nil
+		if it.kind == itemQuery {
+			// None of the query string ran: each statement was refused.
+			for _, c := range it.cmds {
+				s.finish(c, r)
+			}
+			it.cur = len(it.cmds)
+			return out
+		}
+	} else {
+		out = append(out, raw...)
+	}
+
 	switch it.kind {
 	case itemQuery:
 		// The rest of the query string does not run.
 		s.finish(it.current(), r)
 		it.cur++
 		s.skip(it, it.cur)
-		return
+		return out
 	case itemFunction:
 		s.finish(it.current(), r)
-		return
+		return out
 	case itemSync:
-		return // a failure at the implicit commit; the Executes completed
+		return out // a failure at the implicit commit; the Executes completed
 	}
 
 	// Extended protocol: the server discards everything up to Sync. The
@@ -152,12 +241,13 @@ func (s *session) failed(it *item, raw []byte) {
 	}
 	s.discarding = i == len(s.pending)
 	s.pending = s.pending[i:]
+	return out
 }
 
 // failedParse records a Parse the server refused when no Execute of the
 // batch carries the error: the attempt is part of what the agent did.
 func (s *session) failedParse(it *item, r audit.Result) {
-	c, err := s.record(&audit.Command{Message: "parse", SQL: it.sql, Statement: it.stmt})
+	c, err := s.record(&audit.Command{Message: "parse", SQL: it.sql, Statement: it.stmt}, nil)
 	if err != nil {
 		s.log.Error("audit: failed parse not recorded", "err", err)
 		return

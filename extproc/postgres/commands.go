@@ -10,6 +10,7 @@ import (
 
 	"github.com/vigilaudit/vigil/audit"
 	"github.com/vigilaudit/vigil/extproc"
+	"github.com/vigilaudit/vigil/policy"
 )
 
 // itemKind is the client request a pending item stands for.
@@ -36,9 +37,18 @@ type item struct {
 	cmds []*command
 	// cur is the Query statement being answered.
 	cur int
-	// sql and stmt say what a Parse or Describe was about.
-	sql  string
-	stmt string
+	// sql and stmt say what a Parse or Describe was about; portal is set
+	// for a Describe of a portal.
+	sql    string
+	stmt   string
+	portal *portal
+	// denied is set when vigil rewrote the request so the server refuses
+	// it; the server's error is replaced with vigil's.
+	denied *denial
+	// injected marks a Describe vigil sent on its own to learn the columns
+	// of next's rows; its answer never reaches the client.
+	injected bool
+	next     *command
 }
 
 // command is an audited command waiting for its result.
@@ -49,20 +59,34 @@ type command struct {
 	done  bool
 	// sql is kept to name a failed Parse's command.
 	sql string
+	// mask is what the policy wants masked in the command's rows;
+	// fields and formats describe those rows once known.
+	mask    []policy.MaskRule
+	fields  []pgproto3.FieldDescription
+	formats []int16
+	plan    *maskPlan
+	// tables are the tables the command reads, for table-qualified rules.
+	tables  []string
+	copyOut bool
 }
 
 // prepared is a statement created by Parse.
 type prepared struct {
 	sql       string
 	paramOIDs []uint32
+	analysed  []policy.Statement
+	// fields is the row shape the server described, for masking.
+	fields []pgproto3.FieldDescription
 }
 
 // portal is a portal created by Bind.
 type portal struct {
-	stmt   string
-	sql    string
-	params []audit.Parameter
-	nparam int
+	stmt    string
+	sql     string
+	params  []audit.Parameter
+	nparam  int
+	formats []int16 // result format codes
+	fields  []pgproto3.FieldDescription
 }
 
 // fromClient handles one whole client message; mu is not held on entry.
@@ -92,18 +116,20 @@ func (s *session) fromClient(ctx context.Context, out []byte, typ byte,
 			return out, extproc.Close
 		}
 	}
-	return s.request(out, typ, raw)
+	return s.request(ctx, out, typ, raw)
 }
 
 // request handles a client request once the client is known.
-func (s *session) request(out []byte, typ byte, raw []byte) ([]byte, extproc.Action) {
+func (s *session) request(ctx context.Context, out []byte, typ byte,
+	raw []byte) ([]byte, extproc.Action) {
 	if s.discarding && typ != 'S' {
 		return s.discarded(out, typ, raw)
 	}
 	var err error
+	send := raw
 	switch typ {
 	case 'Q':
-		err = s.query(raw)
+		send, err = s.query(ctx, raw)
 	case 'P':
 		s.parse(raw)
 	case 'B':
@@ -111,7 +137,7 @@ func (s *session) request(out []byte, typ byte, raw []byte) ([]byte, extproc.Act
 	case 'D':
 		s.describe(raw)
 	case 'E':
-		err = s.execute(raw)
+		send, err = s.execute(ctx, raw)
 	case 'C':
 		s.closeObject(raw)
 	case 'S':
@@ -122,13 +148,11 @@ func (s *session) request(out []byte, typ byte, raw []byte) ([]byte, extproc.Act
 	}
 	if err != nil {
 		// Fail closed: a command that cannot be recorded does not run.
-		// TODO(issue 4): refuse it with an ErrorResponse through the
-		// deny path instead of closing the connection.
 		s.log.Error("audit journal unavailable; closing the connection", "err", err)
 		s.endReason = "audit journal unavailable: " + err.Error()
 		return out, extproc.Close
 	}
-	return append(out, raw...), extproc.Continue
+	return append(out, send...), extproc.Continue
 }
 
 // discarded handles a request the server will drop unseen, after an
@@ -169,7 +193,7 @@ func (s *session) discarded(out []byte, typ byte, raw []byte) ([]byte, extproc.A
 		}
 	}
 	if c != nil {
-		cmd, err := s.record(c)
+		cmd, err := s.record(c, nil)
 		if err != nil {
 			s.endReason = "audit journal unavailable: " + err.Error()
 			return out, extproc.Close
@@ -179,27 +203,80 @@ func (s *session) discarded(out []byte, typ byte, raw []byte) ([]byte, extproc.A
 	return append(out, raw...), extproc.Continue
 }
 
-// query records each statement of a simple Query.
-func (s *session) query(raw []byte) error {
+// query judges and records each statement of a simple Query, and returns
+// what to send upstream: the Query, or one the server will refuse.
+func (s *session) query(ctx context.Context, raw []byte) ([]byte, error) {
 	var q pgproto3.Query
 	if err := q.Decode(body('Q', raw)); err != nil {
-		return nil // the server will reject it; nothing ran
+		return raw, nil // the server will reject it; nothing runs
 	}
-	stmts := splitStatements(q.String)
-	it := &item{kind: itemQuery}
-	for i, sql := range stmts {
+	analysed := s.analyse(q.String)
+	v := s.judge(ctx, q.String, nil, analysed)
+	texts := statementTexts(q.String, analysed)
+	it := &item{kind: itemQuery, denied: v.denied}
+	for i, sql := range texts {
 		c := &audit.Command{Message: "query", SQL: sql}
-		if len(stmts) > 1 {
-			c.Index, c.Count = i+1, len(stmts)
+		if len(texts) > 1 {
+			c.Index, c.Count = i+1, len(texts)
 		}
-		cmd, err := s.record(c)
+		var d *policy.Decision
+		if i < len(v.decisions) {
+			d = v.decisions[i]
+		}
+		cmd, err := s.record(c, d)
 		if err != nil {
-			return err
+			return nil, err
+		}
+		if d != nil {
+			cmd.mask = d.Mask
+		}
+		if i < len(analysed) {
+			cmd.tables = readTables(analysed[i : i+1])
 		}
 		it.cmds = append(it.cmds, cmd)
 	}
 	s.pending = append(s.pending, it)
-	return nil
+	if v.denied != nil {
+		s.log.Info("query denied", "reason", v.denied.message)
+		return s.deniedQuery(nil), nil
+	}
+	return raw, nil
+}
+
+// analyse parses SQL for the policy, linking SQL-level PREPARE and
+// EXECUTE so that the statement a PREPARE holds is judged when it runs.
+func (s *session) analyse(sql string) []policy.Statement {
+	if s.h.opts.Policy == nil {
+		return nil
+	}
+	stmts, err := policy.Analyze(sql)
+	if err != nil {
+		s.log.Debug("statement does not parse; the policy judges it unparsed", "err", err)
+		return nil
+	}
+	for i := range stmts {
+		st := &stmts[i]
+		if st.Prepared != "" {
+			s.sqlPrepared[st.Prepared] = st.Nested
+		}
+		if st.Executes != "" {
+			st.Nested = append(st.Nested, s.sqlPrepared[st.Executes]...)
+		}
+	}
+	return stmts
+}
+
+// statementTexts names the statements of a query string for the record:
+// the parser's split when it has one, else the scanner's.
+func statementTexts(sql string, analysed []policy.Statement) []string {
+	if len(analysed) > 0 {
+		out := make([]string, len(analysed))
+		for i, st := range analysed {
+			out[i] = st.Text
+		}
+		return out
+	}
+	return splitStatements(sql)
 }
 
 // splitStatements splits a query string the way the server's scanner
@@ -218,7 +295,10 @@ func (s *session) parse(raw []byte) {
 		s.pending = append(s.pending, &item{kind: itemParse})
 		return
 	}
-	s.stmts[p.Name] = &prepared{sql: p.Query, paramOIDs: append([]uint32(nil), p.ParameterOIDs...)}
+	// Parse once, judge at every Execute: prepared statements reused many
+	// times cost one parse.
+	s.stmts[p.Name] = &prepared{sql: p.Query, paramOIDs: append([]uint32(nil), p.ParameterOIDs...),
+		analysed: s.analyse(p.Query)}
 	s.pending = append(s.pending, &item{kind: itemParse, sql: p.Query, stmt: p.Name})
 }
 
@@ -228,50 +308,86 @@ func (s *session) bind(raw []byte) {
 	if err := b.Decode(body('B', raw)); err != nil {
 		return
 	}
-	pt := &portal{stmt: b.PreparedStatement, nparam: len(b.Parameters)}
+	pt := &portal{stmt: b.PreparedStatement, nparam: len(b.Parameters),
+		formats: append([]int16(nil), b.ResultFormatCodes...)}
 	st := s.stmts[b.PreparedStatement]
+	var oids []uint32
 	if st != nil {
-		pt.sql = st.sql
+		pt.sql, pt.fields, oids = st.sql, st.fields, st.paramOIDs
 	}
-	if s.cn.RecordParameters() {
-		var oids []uint32
-		if st != nil {
-			oids = st.paramOIDs
-		}
-		pt.params = renderParameters(b.ParameterFormatCodes, b.Parameters, oids)
-	}
+	// The policy sees parameters whatever the connection records.
+	pt.params = renderParameters(b.ParameterFormatCodes, b.Parameters, oids)
 	s.portals[b.DestinationPortal] = pt
 }
 
 func (s *session) describe(raw []byte) {
 	it := &item{kind: itemDescribe}
 	var d pgproto3.Describe
-	if err := d.Decode(body('D', raw)); err == nil && d.ObjectType == 'S' {
-		it.stmt = d.Name
-		if st := s.stmts[d.Name]; st != nil {
-			it.sql = st.sql
+	if err := d.Decode(body('D', raw)); err == nil {
+		if d.ObjectType == 'S' {
+			it.stmt = d.Name
+			if st := s.stmts[d.Name]; st != nil {
+				it.sql = st.sql
+			}
+		} else {
+			it.portal = s.portals[d.Name]
 		}
 	}
 	s.pending = append(s.pending, it)
 }
 
-func (s *session) execute(raw []byte) error {
+// execute judges and records an Execute, and returns what to send
+// upstream: the Execute, or one naming a portal that cannot exist.
+func (s *session) execute(ctx context.Context, raw []byte) ([]byte, error) {
 	var e pgproto3.Execute
 	if err := e.Decode(body('E', raw)); err != nil {
 		s.pending = append(s.pending, &item{kind: itemExecute})
-		return nil
+		return raw, nil
 	}
 	c := &audit.Command{Message: "execute", Portal: e.Portal}
-	if pt := s.portals[e.Portal]; pt != nil {
-		c.SQL, c.Statement = pt.sql, pt.stmt
-		c.Parameters, c.ParameterCount = pt.params, pt.nparam
+	pt := s.portals[e.Portal]
+	var v verdict
+	if pt != nil {
+		c.SQL, c.Statement, c.ParameterCount = pt.sql, pt.stmt, pt.nparam
+		if s.cn.RecordParameters() {
+			c.Parameters = pt.params
+		}
+		var analysed []policy.Statement
+		if st := s.stmts[pt.stmt]; st != nil && st.sql == pt.sql {
+			analysed = st.analysed
+		}
+		v = s.judge(ctx, pt.sql, pt.params, analysed)
+	} else {
+		v = s.judge(ctx, "", nil, nil)
 	}
-	cmd, err := s.record(c)
+	cmd, err := s.record(c, v.first())
 	if err != nil {
-		return err
+		return nil, err
+	}
+	cmd.mask = v.mask
+	if pt != nil && len(v.mask) > 0 {
+		cmd.fields, cmd.formats = pt.fields, pt.formats
+		if st := s.stmts[pt.stmt]; st != nil {
+			cmd.tables = readTables(st.analysed)
+		}
+		cmd.plan = newMaskPlan(v.mask, cmd.fields, cmd.formats, cmd.tables)
+	}
+	if v.denied != nil {
+		s.pending = append(s.pending, &item{kind: itemExecute, cmds: []*command{cmd},
+			denied: v.denied})
+		s.log.Info("execute denied", "reason", v.denied.message)
+		return s.deniedExecute(nil), nil
+	}
+	var send []byte
+	if pt != nil && len(v.mask) > 0 && pt.fields == nil {
+		// Masking needs the column names and the client never asked for
+		// them: ask the server, and keep its answer from the client.
+		send, _ = (&pgproto3.Describe{ObjectType: 'P', Name: e.Portal}).Encode(nil)
+		s.pending = append(s.pending, &item{kind: itemDescribe, portal: pt, injected: true,
+			next: cmd})
 	}
 	s.pending = append(s.pending, &item{kind: itemExecute, cmds: []*command{cmd}})
-	return nil
+	return append(send, raw...), nil
 }
 
 func (s *session) closeObject(raw []byte) {
@@ -302,7 +418,9 @@ func (s *session) functionCall(raw []byte) error {
 		}
 		c.Parameters = renderParameters(formats, f.Arguments, nil)
 	}
-	cmd, err := s.record(c)
+	// TODO(issue 4): judge function calls by OID; the policy input has no
+	// form for them yet, so they are recorded but not judged.
+	cmd, err := s.record(c, nil)
 	if err != nil {
 		return err
 	}
@@ -310,10 +428,12 @@ func (s *session) functionCall(raw []byte) error {
 	return nil
 }
 
-// record writes a command event before the command is forwarded.
-func (s *session) record(c *audit.Command) (*command, error) {
+// record writes a command event, with the policy's decision, before the
+// command is forwarded.
+func (s *session) record(c *audit.Command, d *policy.Decision) (*command, error) {
 	ev := s.base(audit.KindCommand)
 	ev.Command = c
+	ev.Decision = auditDecision(d)
 	seq, err := s.rec.Record(ev)
 	if err != nil {
 		return nil, err
@@ -333,6 +453,7 @@ func (s *session) finish(c *command, r audit.Result) {
 		r.Rows = c.rows
 	}
 	r.Duration = float64(time.Since(c.start).Microseconds()) / 1000
+	r.Masked = c.plan.summary()
 	ev := s.base(audit.KindResult)
 	ev.Result = &r
 	if _, err := s.rec.Record(ev); err != nil {
@@ -363,4 +484,20 @@ func tagRows(tag string) int64 {
 		n = n*10 + int64(ch-'0')
 	}
 	return n
+}
+
+// readTables lists the tables statements read, nested ones included.
+func readTables(stmts []policy.Statement) []string {
+	var out []string
+	for _, st := range stmts {
+		for _, t := range st.Tables {
+			name := t.Name
+			if t.Schema != "" {
+				name = t.Schema + "." + t.Name
+			}
+			out = append(out, name)
+		}
+		out = append(out, readTables(st.Nested)...)
+	}
+	return out
 }

@@ -11,11 +11,13 @@ import (
 	"github.com/vigilaudit/vigil/identity"
 )
 
-// Options are what a Handler needs; all fields are required.
+// Options are what a Handler needs. Policy may be nil: then every command
+// is allowed (and still recorded).
 type Options struct {
 	Config   *config.Config
 	Verifier identity.Verifier
 	Journal  *audit.Journal
+	Policy   Decider
 	Log      *slog.Logger
 }
 

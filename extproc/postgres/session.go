@@ -11,6 +11,7 @@ import (
 	"github.com/vigilaudit/vigil/config"
 	"github.com/vigilaudit/vigil/extproc"
 	"github.com/vigilaudit/vigil/identity"
+	"github.com/vigilaudit/vigil/policy"
 )
 
 // phase is where a session is in the protocol.
@@ -48,10 +49,17 @@ type session struct {
 	database string
 	clientUp startupInfo
 	rec      *audit.Recorder
-	commands int
+	// sessionID is the journal's id for the session, once it began.
+	sessionID string
+	commands  int
 	// Extended-protocol objects as the client created them.
 	stmts   map[string]*prepared
 	portals map[string]*portal
+	// sqlPrepared holds what SQL-level PREPARE statements prepared, so
+	// an EXECUTE is judged by the statement it runs.
+	sqlPrepared map[string][]policy.Statement
+	// denyNonce makes vigil's refused requests impossible to collide with.
+	denyNonce string
 	// pending is what the server still owes an answer to, in order.
 	pending []*item
 	// recorded is set when results were recorded during the current
@@ -71,13 +79,14 @@ type session struct {
 
 func newSession(h *Handler, cn *config.Connection, info extproc.ConnInfo) *session {
 	s := &session{
-		h:       h,
-		cn:      cn,
-		info:    info,
-		log:     h.opts.Log.With("connection", cn.Name, "client", info.Client),
-		opened:  time.Now(),
-		stmts:   map[string]*prepared{},
-		portals: map[string]*portal{},
+		h:           h,
+		cn:          cn,
+		info:        info,
+		log:         h.opts.Log.With("connection", cn.Name, "client", info.Client),
+		opened:      time.Now(),
+		stmts:       map[string]*prepared{},
+		portals:     map[string]*portal{},
+		sqlPrepared: map[string][]policy.Statement{},
 	}
 	s.client.untyped = true
 	s.client.max = DefaultMaxMessage

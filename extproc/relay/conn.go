@@ -3,7 +3,6 @@ package relay
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -57,8 +56,8 @@ type pending struct {
 type conn struct {
 	r      *Relay
 	log    *slog.Logger
-	client net.Conn // *tls.Conn after an accepted SSLRequest
-	up     net.Conn
+	client net.Conn // *tls.Conn after an accepted SSLRequest or direct TLS
+	up     net.Conn // *tls.Conn with Options.UpstreamTLS
 	stream procv3.NetworkExternalProcessor_ProcessClient
 	out    [2]chan chunk // replies to write, by extproc.Direction
 	wg     sync.WaitGroup
@@ -80,17 +79,22 @@ type conn struct {
 func (c *conn) serve(ctx context.Context) {
 	start := time.Now()
 
-	// Handshake: encryption negotiation, first message, upstream dial.
+	// Handshake: encryption negotiation, first message, upstream dial
+	// and upstream TLS, all before the processor sees the connection.
 	deadline := start.Add(c.r.opts.HandshakeTimeout)
 	_ = c.client.SetDeadline(deadline)
 	client, first, err := c.r.negotiate(c.client)
-	if err != nil {
+	switch {
+	case errors.Is(err, errTLSRequired):
+		c.log.Info("plaintext client refused: this listener requires TLS")
+		c.client.Close()
+		return
+	case err != nil:
 		c.log.Info("client handshake failed", "err", err)
 		c.client.Close()
 		return
 	}
 	c.client = client
-	_ = c.client.SetDeadline(time.Time{})
 	d := net.Dialer{Deadline: deadline}
 	c.up, err = d.DialContext(ctx, "tcp", c.r.opts.Upstream)
 	if err != nil {
@@ -98,6 +102,19 @@ func (c *conn) serve(ctx context.Context) {
 		c.client.Close()
 		return
 	}
+	if c.r.opts.UpstreamTLS != nil {
+		tc, err := c.r.upstreamTLS(c.up, deadline)
+		if err != nil {
+			c.log.Warn("upstream TLS failed; refusing the client", "err", err)
+			if err := refuse(c.client, stateNoUpstream, upstreamMessage(err)); err != nil {
+				c.log.Info("could not tell the client", "err", err)
+			}
+			c.closeConns(false)
+			return
+		}
+		c.up = tc
+	}
+	_ = c.client.SetDeadline(time.Time{})
 
 	// The stream, as Envoy opens it on the first chunk.
 	sctx, cancel := context.WithCancel(ctx)
@@ -431,11 +448,18 @@ func (c *conn) closeConns(reset bool) {
 	}
 }
 
+// setLingerZero makes closing s send RST, through any wrapping
+// (*tls.Conn, primedConn) down to the TCP connection.
 func setLingerZero(s net.Conn) {
-	if t, ok := s.(*tls.Conn); ok {
-		s = t.NetConn()
-	}
-	if t, ok := s.(*net.TCPConn); ok {
-		_ = t.SetLinger(0)
+	for range 4 {
+		switch t := s.(type) {
+		case *net.TCPConn:
+			_ = t.SetLinger(0)
+			return
+		case interface{ NetConn() net.Conn }:
+			s = t.NetConn()
+		default:
+			return
+		}
 	}
 }

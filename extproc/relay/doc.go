@@ -19,9 +19,20 @@
 //   - postgres_proxy's part: the client's first message is read under a
 //     handshake deadline. An SSLRequest is answered `S` followed by a TLS
 //     handshake when Options.TLS is set, `N` otherwise; a GSSENCRequest is
-//     always answered `N`. Neither ever reaches the processor, which sees
-//     plaintext as it does behind postgres_proxy. Any other first message
-//     (StartupMessage, CancelRequest) is relayed like all later data.
+//     always answered `N`. A PostgreSQL 17 client with
+//     sslnegotiation=direct opens with a TLS ClientHello instead: with
+//     Options.TLS the handshake is done at once (ALPN "postgresql"
+//     required), without it the connection is closed and logged. Neither
+//     request ever reaches the processor, which sees plaintext as it does
+//     behind postgres_proxy. Any other first message (StartupMessage,
+//     CancelRequest) is relayed like all later data, except that with
+//     Options.TLS a plaintext StartupMessage is refused with a FATAL
+//     ErrorResponse (SQLSTATE 28000, MsgTLSRequired) and logged at Info.
+//   - the upstream's TLS: with Options.UpstreamTLS the Relay sends the
+//     server an SSLRequest, expects `S` and does the handshake, verifying
+//     the certificate as that config says, before opening the stream. A
+//     server that answers `N` or fails verification gets the client a
+//     FATAL ErrorResponse (SQLSTATE 08001) and a Warn line in the log.
 //   - network ext_proc's part: one gRPC stream per connection, opened with
 //     the x-vigil-connection and x-vigil-client headers. Every chunk read
 //     from the client goes to the processor as read_data and every chunk
@@ -42,4 +53,9 @@
 // also closes the connection (fail closed). When both directions have
 // ended cleanly the Relay half-closes the stream (CloseSend) and waits for
 // the processor to end it.
+//
+// The Relay writes bytes of its own toward the client only during the
+// handshake, before the stream exists: the `S` or `N` answers and the
+// FATAL errors above. From the first chunk on, every byte the client
+// receives comes from a processor reply.
 package relay

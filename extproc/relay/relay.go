@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,10 +37,29 @@ type Options struct {
 	// Relay opens one stream per client connection on it; it does not
 	// close the underlying gRPC connection.
 	Processor procv3.NetworkExternalProcessorClient
-	// TLS, when set, holds the certificate the Relay presents to clients
-	// that send an SSLRequest (answered `S`). Nil answers `N`: clients then
-	// speak plaintext, or give up if they require TLS.
+	// TLS, when set, holds the certificate the Relay presents to clients:
+	// those that send an SSLRequest (answered `S`) and those that open with
+	// TLS directly (PostgreSQL 17 sslnegotiation=direct, ALPN "postgresql"
+	// required). A client that sends its startup message in plaintext is
+	// then refused with a FATAL error (MsgTLSRequired). Nil answers
+	// SSLRequest `N` and closes direct TLS connections: clients then speak
+	// plaintext, or give up if they require TLS. New clones it and adds
+	// ALPN "postgresql" to NextProtos; require client certificates through
+	// ClientAuth and ClientCAs.
 	TLS *tls.Config
+	// UpstreamTLS, when set, makes the Relay ask the server for TLS
+	// (SSLRequest, then the handshake) on every upstream connection before
+	// any byte is relayed; a server that answers `N` or whose certificate
+	// does not verify fails the client with a FATAL error (SQLSTATE 08001)
+	// that the processor never sees. Nil speaks plaintext to the server.
+	// New clones it; an empty ServerName becomes Upstream's host.
+	//
+	// With InsecureSkipVerify set (upstream_tls mode require) the
+	// connection is encrypted but the server is not authenticated: anyone
+	// who can intercept it can pose as the server and read the stored
+	// credential vigil logs in with and every statement. Use it only where
+	// the path to the server is trusted; verify-full otherwise.
+	UpstreamTLS *tls.Config
 	// Log receives lifecycle lines and contract violations; nil uses
 	// slog.Default().
 	Log *slog.Logger
@@ -88,6 +108,26 @@ func New(opts Options) *Relay {
 		log = slog.Default()
 	}
 	log = log.With("connection", opts.Connection)
+	if opts.TLS != nil {
+		opts.TLS = opts.TLS.Clone()
+		if !slices.Contains(opts.TLS.NextProtos, alpnPostgres) {
+			opts.TLS.NextProtos = append(opts.TLS.NextProtos, alpnPostgres)
+		}
+	}
+	if opts.UpstreamTLS != nil {
+		opts.UpstreamTLS = opts.UpstreamTLS.Clone()
+		if opts.UpstreamTLS.ServerName == "" {
+			host, _, err := net.SplitHostPort(opts.Upstream)
+			if err != nil {
+				host = opts.Upstream
+			}
+			opts.UpstreamTLS.ServerName = host
+		}
+		if len(opts.UpstreamTLS.NextProtos) == 0 {
+			// As libpq 17 does; servers before 17 ignore it.
+			opts.UpstreamTLS.NextProtos = []string{alpnPostgres}
+		}
+	}
 	return &Relay{opts: opts, log: log}
 }
 

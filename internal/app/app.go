@@ -8,6 +8,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,7 @@ import (
 	"github.com/vigilaudit/vigil/extproc/postgres"
 	"github.com/vigilaudit/vigil/extproc/relay"
 	"github.com/vigilaudit/vigil/identity"
+	"github.com/vigilaudit/vigil/internal/tlsconfig"
 )
 
 // App is an assembled vigil.
@@ -166,8 +168,9 @@ func (a *App) StartGateway(ctx context.Context) (*Gateway, error) {
 
 	gw := &Gateway{Addrs: map[string]string{}, done: make(chan error, 1)}
 	type listener struct {
-		cn *config.Connection
-		ln net.Listener
+		cn               *config.Connection
+		ln               net.Listener
+		tls, upstreamTLS *tls.Config
 	}
 	var lns []listener
 	closeAll := func() {
@@ -180,13 +183,19 @@ func (a *App) StartGateway(ctx context.Context) (*Gateway, error) {
 		if cn.Listen == "" {
 			continue
 		}
+		srvTLS, upTLS, err := tlsconfig.ForConnection(cn, a.Log.With("connection", cn.Name))
+		if err != nil {
+			closeAll()
+			cc.Close()
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
 		ln, err := net.Listen("tcp", cn.Listen)
 		if err != nil {
 			closeAll()
 			cc.Close()
 			return nil, fmt.Errorf("gateway: connection %s: listen: %w", cn.Name, err)
 		}
-		lns = append(lns, listener{cn, ln})
+		lns = append(lns, listener{cn, ln, srvTLS, upTLS})
 		gw.Addrs[cn.Name] = ln.Addr().String()
 	}
 	if len(lns) == 0 {
@@ -200,10 +209,12 @@ func (a *App) StartGateway(ctx context.Context) (*Gateway, error) {
 	for _, l := range lns {
 		cn, ln := l.cn, l.ln
 		r := relay.New(relay.Options{
-			Connection: cn.Name,
-			Upstream:   cn.Upstream,
-			Processor:  client,
-			Log:        a.Log.With("connection", cn.Name),
+			Connection:  cn.Name,
+			Upstream:    cn.Upstream,
+			Processor:   client,
+			TLS:         l.tls,
+			UpstreamTLS: l.upstreamTLS,
+			Log:         a.Log, // the relay adds the connection name
 		})
 		a.Log.Info("gateway listening", "connection", cn.Name, "addr", ln.Addr().String(),
 			"upstream", cn.Upstream)

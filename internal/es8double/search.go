@@ -240,15 +240,17 @@ func fieldClause(body json.RawMessage, src map[string]any,
 		return false, fmt.Errorf("[term] query malformed, no start_object after query name")
 	}
 	for field, want := range m {
+		fold := false
 		if obj, ok := want.(map[string]any); ok {
 			if v, ok := obj["value"]; ok {
 				want = v
 			} else {
 				want = obj["query"]
 			}
+			fold = obj["case_insensitive"] == true
 		}
 		for _, v := range values(src, field) {
-			if eq(v, want) {
+			if eq(v, want) || fold && strings.EqualFold(fmt.Sprint(v), fmt.Sprint(want)) {
 				return true, nil
 			}
 		}

@@ -1,0 +1,243 @@
+package postgres
+
+import (
+	"bytes"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/vigilaudit/vigil/audit"
+	"github.com/vigilaudit/vigil/policy"
+)
+
+// Masking rewrites result values on their way to the client, keeping the
+// message framing valid: a DataRow (or a COPY row) is decoded, its values
+// replaced, and encoded again with its new length.
+//
+// A column rule matches a result column by name; a rule that names a
+// table also needs the statement to read that table (RowDescription
+// carries table OIDs, not names, and vigil does not query the catalog).
+// Detectors look at every text value. Binary values of types other than
+// text are replaced by NULL whatever the strategy: any other rewrite would
+// break the client's decoding.
+
+// Type OIDs whose binary format is their text.
+const (
+	oidText    = 25
+	oidVarchar = 1043
+	oidBpchar  = 1042
+	oidName    = 19
+	oidJSON    = 114
+)
+
+// maskPlan says how to rewrite the rows of one command.
+type maskPlan struct {
+	cols      []colPlan
+	detectors []policy.MaskRule
+	counts    map[[2]string]*audit.Masked // (column, rule) → count
+	order     [][2]string
+}
+
+type colPlan struct {
+	name string
+	// text is set when the value travels as text (text format, or a
+	// binary format that is the text itself).
+	text bool
+	rule *policy.MaskRule
+}
+
+// newMaskPlan builds the plan for rows shaped by fields; formats are the
+// result format codes of the Bind (none for text). tables are what the
+// statement reads. It returns nil when nothing can match.
+func newMaskPlan(rules []policy.MaskRule, fields []pgproto3.FieldDescription, formats []int16,
+	tables []string) *maskPlan {
+	if len(rules) == 0 {
+		return nil
+	}
+	p := &maskPlan{counts: map[[2]string]*audit.Masked{}}
+	for i := range rules {
+		if rules[i].Detector != "" {
+			p.detectors = append(p.detectors, rules[i])
+		}
+	}
+	p.cols = make([]colPlan, len(fields))
+	matched := len(p.detectors) > 0
+	for i, f := range fields {
+		format := formatOf(formats, i, f.Format)
+		cp := colPlan{name: string(f.Name), text: format == formatText || textual(f.DataTypeOID)}
+		for j := range rules {
+			r := &rules[j]
+			if r.Column != "" && strings.EqualFold(r.Column, cp.name) &&
+				(r.Table == "" || readsTable(tables, r.Table)) {
+				cp.rule = r
+				matched = true
+				break
+			}
+		}
+		p.cols[i] = cp
+	}
+	if !matched {
+		return nil
+	}
+	return p
+}
+
+// formatOf is a column's format code: none given means text, one applies
+// to every column.
+func formatOf(formats []int16, i int, described int16) int16 {
+	switch {
+	case len(formats) == 0:
+		return described
+	case len(formats) == 1:
+		return formats[0]
+	case i < len(formats):
+		return formats[i]
+	}
+	return formatText
+}
+
+func textual(oid uint32) bool {
+	switch oid {
+	case oidText, oidVarchar, oidBpchar, oidName, oidJSON:
+		return true
+	}
+	return false
+}
+
+func readsTable(tables []string, want string) bool {
+	for _, t := range tables {
+		if strings.EqualFold(t, want) || strings.HasSuffix(strings.ToLower(t),
+			"."+strings.ToLower(want)) {
+			return true
+		}
+	}
+	return false
+}
+
+// value masks one value; it returns the new value (nil for NULL) and
+// whether it changed.
+func (p *maskPlan) value(i int, v []byte) ([]byte, bool) {
+	if v == nil || i >= len(p.cols) {
+		return v, false
+	}
+	cp := &p.cols[i]
+	if cp.rule != nil {
+		return p.apply(cp, cp.rule.Column, *cp.rule, v), true
+	}
+	if !cp.text {
+		return v, false
+	}
+	for _, d := range p.detectors {
+		if policy.Detect(d.Detector, v) {
+			return p.apply(cp, d.Detector, d, v), true
+		}
+	}
+	return v, false
+}
+
+func (p *maskPlan) apply(cp *colPlan, rule string, r policy.MaskRule, v []byte) []byte {
+	key := [2]string{cp.name, rule}
+	m := p.counts[key]
+	if m == nil {
+		m = &audit.Masked{Column: cp.name, Strategy: r.Strategy, Rule: rule}
+		p.counts[key] = m
+		p.order = append(p.order, key)
+	}
+	m.Values++
+	if !cp.text {
+		return nil
+	}
+	masked, null := policy.MaskValue(r.Strategy, v)
+	if null {
+		return nil
+	}
+	return masked
+}
+
+// row rewrites a DataRow; it returns raw itself when nothing changed.
+func (p *maskPlan) row(out, raw []byte) []byte {
+	var dr pgproto3.DataRow
+	if err := dr.Decode(body('D', raw)); err != nil {
+		return append(out, raw...)
+	}
+	changed := false
+	for i, v := range dr.Values {
+		nv, ok := p.value(i, v)
+		if ok {
+			dr.Values[i] = nv
+			changed = true
+		}
+	}
+	if !changed {
+		return append(out, raw...)
+	}
+	b, err := dr.Encode(out)
+	if err != nil {
+		return append(out, raw...)
+	}
+	return b
+}
+
+// copyRow rewrites one CopyData row of a text-format COPY TO STDOUT. Only
+// detectors apply: COPY rows carry no column names (a COPY of masked
+// columns is refused before it runs).
+func (p *maskPlan) copyRow(out, raw []byte) []byte {
+	data := body('d', raw)
+	line := bytes.TrimSuffix(data, []byte("\n"))
+	fields := bytes.Split(line, []byte("\t"))
+	changed := false
+	for i, f := range fields {
+		if string(f) == `\N` {
+			continue
+		}
+		cp := colPlan{name: "column " + itoa(i+1), text: true}
+		for _, d := range p.detectors {
+			if policy.Detect(d.Detector, f) {
+				masked := p.apply(&cp, d.Detector, d, f)
+				if masked == nil {
+					masked = []byte(`\N`)
+				}
+				fields[i] = escapeCopy(masked)
+				changed = true
+				break
+			}
+		}
+	}
+	if !changed {
+		return append(out, raw...)
+	}
+	row := append(bytes.Join(fields, []byte("\t")), '\n')
+	b, err := (&pgproto3.CopyData{Data: row}).Encode(out)
+	if err != nil {
+		return append(out, raw...)
+	}
+	return b
+}
+
+// escapeCopy keeps a masked value from breaking COPY's text format.
+func escapeCopy(v []byte) []byte {
+	if !bytes.ContainsAny(v, "\t\n\r\\") || string(v) == `\N` {
+		return v
+	}
+	r := strings.NewReplacer(`\`, `\\`, "\t", `\t`, "\n", `\n`, "\r", `\r`)
+	return []byte(r.Replace(string(v)))
+}
+
+// summary lists the masked values per column and rule, in first-seen order.
+func (p *maskPlan) summary() []audit.Masked {
+	if p == nil || len(p.order) == 0 {
+		return nil
+	}
+	out := make([]audit.Masked, len(p.order))
+	for i, k := range p.order {
+		out[i] = *p.counts[k]
+	}
+	return out
+}
+
+func itoa(i int) string {
+	if i < 10 {
+		return string(rune('0' + i))
+	}
+	return itoa(i/10) + string(rune('0'+i%10))
+}
