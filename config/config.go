@@ -208,10 +208,23 @@ func (Secret) String() string { return "[redacted]" }
 // Reveal returns the secret itself, for the one place that must send it.
 func (s Secret) Reveal() string { return string(s) }
 
-// Policy says where the Rego bundle lives.
+// Policy says where the Rego bundle lives and whether it is enforced.
 type Policy struct {
+	// Dir holds the bundle (*.rego, data.json); empty means the default
+	// bundle built into vigil (policy/bundle).
 	Dir string `yaml:"dir"`
+	// Mode is enforce (the default: deny, mask, hold), monitor (decide and
+	// record every decision, but let everything through unmasked: for
+	// rolling a policy out) or off (no policy at all).
+	Mode string `yaml:"mode"`
 }
+
+// Policy modes.
+const (
+	PolicyEnforce = "enforce"
+	PolicyMonitor = "monitor"
+	PolicyOff     = "off"
+)
 
 // Audit says where the journal lives and where it is exported.
 type Audit struct {
@@ -381,6 +394,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Audit.Dir == "" {
 		c.Audit.Dir = "vigil-data"
+	}
+	if c.Policy.Mode == "" {
+		c.Policy.Mode = PolicyEnforce
 	}
 	if c.Audit.Elasticsearch != nil && c.Audit.Elasticsearch.DataStream == "" {
 		c.Audit.Elasticsearch.DataStream = "logs-vigil.audit-default"

@@ -90,6 +90,12 @@ func (c *Config) Validate() error {
 		c.validateConnection(cn, key, bad)
 	}
 
+	switch c.Policy.Mode {
+	case PolicyEnforce, PolicyMonitor, PolicyOff:
+	default:
+		bad("policy.mode", "%q: want enforce, monitor or off", c.Policy.Mode)
+	}
+
 	// Audit.
 	if es := c.Audit.Elasticsearch; es != nil && len(es.Addresses) == 0 {
 		bad("audit.elasticsearch.addresses", "want at least one Elasticsearch URL")

@@ -46,6 +46,9 @@ type envOptions struct {
 	auth   string // pg_hba method; default password
 	record string
 	quiet  bool // log errors only (benchmarks)
+	// policy is the policy mode; default monitor (decisions recorded,
+	// nothing enforced), so protocol tests see PostgreSQL unchanged.
+	policy string
 	// connYAML, when set, runs once the cluster has started and returns
 	// extra keys for the connection block, each line indented four spaces
 	// (tls_test.go configures TLS with it).
@@ -98,10 +101,13 @@ connections:
       password_file: %s
     access: [role:%s, group:billing-agents]
     record: %s
-%saudit:
+%spolicy:
+  mode: %s
+audit:
   dir: %s
 `, identity.DevTenant, identity.DevAPIAppID, e.iss.URL, connName, e.pg.Addr(), auth,
-		upstreamUser, pwFile, agentRole, orDefault(o.record, "full"), connExtra, e.dataDir)
+		upstreamUser, pwFile, agentRole, orDefault(o.record, "full"), connExtra,
+		orDefault(o.policy, "monitor"), e.dataDir)
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yaml)

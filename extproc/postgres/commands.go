@@ -74,7 +74,7 @@ type command struct {
 type prepared struct {
 	sql       string
 	paramOIDs []uint32
-	analysed  []policy.Statement
+	analysed  analysis
 	// fields is the row shape the server described, for masking.
 	fields []pgproto3.FieldDescription
 }
@@ -161,8 +161,8 @@ func (s *session) request(ctx context.Context, out []byte, typ byte,
 // server; they are kept apart, for the record only, until the Sync.
 func (s *session) discarded(out []byte, typ byte, raw []byte) ([]byte, extproc.Action) {
 	if s.shadow == nil {
-		s.shadow = &session{stmts: map[string]*prepared{}, portals: map[string]*portal{},
-			cn: s.cn, log: s.log}
+		s.shadow = &session{h: s.h, cn: s.cn, log: s.log, stmts: map[string]*prepared{},
+			portals: map[string]*portal{}, sqlPrepared: map[string][]policy.Statement{}}
 		for k, v := range s.stmts {
 			s.shadow.stmts[k] = v
 		}
@@ -210,8 +210,9 @@ func (s *session) query(ctx context.Context, raw []byte) ([]byte, error) {
 	if err := q.Decode(body('Q', raw)); err != nil {
 		return raw, nil // the server will reject it; nothing runs
 	}
-	analysed := s.analyse(q.String)
-	v := s.judge(ctx, q.String, nil, analysed)
+	a := s.analyse(q.String)
+	analysed := a.stmts
+	v := s.judge(ctx, "query", q.String, nil, a)
 	texts := statementTexts(q.String, analysed)
 	it := &item{kind: itemQuery, denied: v.denied}
 	for i, sql := range texts {
@@ -227,7 +228,7 @@ func (s *session) query(ctx context.Context, raw []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if d != nil {
+		if d != nil && !s.h.opts.Monitor {
 			cmd.mask = d.Mask
 		}
 		if i < len(analysed) {
@@ -243,16 +244,24 @@ func (s *session) query(ctx context.Context, raw []byte) ([]byte, error) {
 	return raw, nil
 }
 
+// analysis is what the parser made of a request's SQL.
+type analysis struct {
+	stmts []policy.Statement
+	// parseError is the parser's message when the SQL does not parse; the
+	// policy then judges it unparsed.
+	parseError string
+}
+
 // analyse parses SQL for the policy, linking SQL-level PREPARE and
 // EXECUTE so that the statement a PREPARE holds is judged when it runs.
-func (s *session) analyse(sql string) []policy.Statement {
+func (s *session) analyse(sql string) analysis {
 	if s.h.opts.Policy == nil {
-		return nil
+		return analysis{}
 	}
 	stmts, err := policy.Analyze(sql)
 	if err != nil {
 		s.log.Debug("statement does not parse; the policy judges it unparsed", "err", err)
-		return nil
+		return analysis{parseError: err.Error()}
 	}
 	for i := range stmts {
 		st := &stmts[i]
@@ -263,7 +272,7 @@ func (s *session) analyse(sql string) []policy.Statement {
 			st.Nested = append(st.Nested, s.sqlPrepared[st.Executes]...)
 		}
 	}
-	return stmts
+	return analysis{stmts: stmts}
 }
 
 // statementTexts names the statements of a query string for the record:
@@ -352,13 +361,15 @@ func (s *session) execute(ctx context.Context, raw []byte) ([]byte, error) {
 		if s.cn.RecordParameters() {
 			c.Parameters = pt.params
 		}
-		var analysed []policy.Statement
+		var a analysis
 		if st := s.stmts[pt.stmt]; st != nil && st.sql == pt.sql {
-			analysed = st.analysed
+			a = st.analysed
+		} else {
+			a = s.analyse(pt.sql)
 		}
-		v = s.judge(ctx, pt.sql, pt.params, analysed)
+		v = s.judge(ctx, "execute", pt.sql, pt.params, a)
 	} else {
-		v = s.judge(ctx, "", nil, nil)
+		v = s.judge(ctx, "execute", "", nil, analysis{})
 	}
 	cmd, err := s.record(c, v.first())
 	if err != nil {
@@ -368,7 +379,7 @@ func (s *session) execute(ctx context.Context, raw []byte) ([]byte, error) {
 	if pt != nil && len(v.mask) > 0 {
 		cmd.fields, cmd.formats = pt.fields, pt.formats
 		if st := s.stmts[pt.stmt]; st != nil {
-			cmd.tables = readTables(st.analysed)
+			cmd.tables = readTables(st.analysed.stmts)
 		}
 		cmd.plan = newMaskPlan(v.mask, cmd.fields, cmd.formats, cmd.tables)
 	}

@@ -49,13 +49,15 @@ type verdict struct {
 
 // judge asks the policy about each statement of a request. mu is held;
 // evaluation does no I/O, so it stays held.
-func (s *session) judge(ctx context.Context, sql string, params []audit.Parameter,
-	stmts []policy.Statement) verdict {
+func (s *session) judge(ctx context.Context, message, sql string, params []audit.Parameter,
+	a analysis) verdict {
 	var v verdict
 	if s.h.opts.Policy == nil {
 		return v
 	}
+	stmts := a.stmts
 	in := s.input(sql, params)
+	in.Command.Message, in.Command.ParseError = message, a.parseError
 	var reasons []string
 	judgeOne := func(st []policy.Statement) {
 		in.Command.Statements = st
@@ -68,8 +70,14 @@ func (s *session) judge(ctx context.Context, sql string, params []audit.Paramete
 		}
 		v.decisions = append(v.decisions, d)
 		v.mask = append(v.mask, d.Mask...)
-		if !d.Allow {
+		switch {
+		case !d.Allow:
 			reasons = append(reasons, denialText(d))
+		case d.Approval != nil:
+			// TODO(issue 5): hold the command for a human decision; until
+			// approvals are wired in, a command that needs one is denied.
+			reasons = append(reasons, "needs approval by "+
+				strings.Join(d.Approval.Approvers, " or ")+", which this vigil cannot hold yet")
 		}
 	}
 	if len(stmts) == 0 {
@@ -77,6 +85,11 @@ func (s *session) judge(ctx context.Context, sql string, params []audit.Paramete
 	}
 	for i := range stmts {
 		judgeOne(stmts[i : i+1])
+	}
+	if s.h.opts.Monitor {
+		// Monitor mode: the decisions are recorded, nothing is enforced.
+		v.mask = nil
+		return v
 	}
 	if len(reasons) > 0 {
 		v.denied = &denial{message: "vigil: denied by policy: " + strings.Join(reasons, "; ")}

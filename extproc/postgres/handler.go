@@ -18,7 +18,9 @@ type Options struct {
 	Verifier identity.Verifier
 	Journal  *audit.Journal
 	Policy   Decider
-	Log      *slog.Logger
+	// Monitor records the policy's decisions without enforcing them.
+	Monitor bool
+	Log     *slog.Logger
 }
 
 // Handler creates a PostgreSQL Session for each stream.

@@ -17,9 +17,11 @@ import (
 // A column rule matches a result column by name; a rule that names a
 // table also needs the statement to read that table (RowDescription
 // carries table OIDs, not names, and vigil does not query the catalog).
-// Detectors look at every text value. Binary values of types other than
-// text are replaced by NULL whatever the strategy: any other rewrite would
-// break the client's decoding.
+// A rule with only a detector looks at every text value; a rule with a
+// column and a detector masks only the values of that column the detector
+// recognises. Values of types other than text (numbers, dates, binary
+// formats) are replaced by NULL whatever the strategy: any other rewrite
+// would break the client's decoding.
 
 // Type OIDs whose binary format is their text.
 const (
@@ -32,7 +34,8 @@ const (
 
 // maskPlan says how to rewrite the rows of one command.
 type maskPlan struct {
-	cols      []colPlan
+	cols []colPlan
+	// detectors are the rules that name no column: they scan every value.
 	detectors []policy.MaskRule
 	counts    map[[2]string]*audit.Masked // (column, rule) → count
 	order     [][2]string
@@ -40,8 +43,8 @@ type maskPlan struct {
 
 type colPlan struct {
 	name string
-	// text is set when the value travels as text (text format, or a
-	// binary format that is the text itself).
+	// text is set for text types, whose values (in either format) are
+	// the text itself and can take any strategy.
 	text bool
 	rule *policy.MaskRule
 }
@@ -56,15 +59,15 @@ func newMaskPlan(rules []policy.MaskRule, fields []pgproto3.FieldDescription, fo
 	}
 	p := &maskPlan{counts: map[[2]string]*audit.Masked{}}
 	for i := range rules {
-		if rules[i].Detector != "" {
+		if rules[i].Detector != "" && rules[i].Column == "" {
 			p.detectors = append(p.detectors, rules[i])
 		}
 	}
 	p.cols = make([]colPlan, len(fields))
 	matched := len(p.detectors) > 0
 	for i, f := range fields {
-		format := formatOf(formats, i, f.Format)
-		cp := colPlan{name: string(f.Name), text: format == formatText || textual(f.DataTypeOID)}
+		cp := colPlan{name: string(f.Name), text: textual(f.DataTypeOID) ||
+			(f.DataTypeOID == 0 && formatOf(formats, i, f.Format) == formatText)}
 		for j := range rules {
 			r := &rules[j]
 			if r.Column != "" && strings.EqualFold(r.Column, cp.name) &&
@@ -121,8 +124,11 @@ func (p *maskPlan) value(i int, v []byte) ([]byte, bool) {
 		return v, false
 	}
 	cp := &p.cols[i]
-	if cp.rule != nil {
-		return p.apply(cp, cp.rule.Column, *cp.rule, v), true
+	if r := cp.rule; r != nil {
+		if r.Detector != "" && !(cp.text && policy.Detect(r.Detector, v)) {
+			return v, false
+		}
+		return p.apply(cp, r.Column, *r, v), true
 	}
 	if !cp.text {
 		return v, false
@@ -179,8 +185,10 @@ func (p *maskPlan) row(out, raw []byte) []byte {
 }
 
 // copyRow rewrites one CopyData row of a text-format COPY TO STDOUT. Only
-// detectors apply: COPY rows carry no column names (a COPY of masked
-// columns is refused before it runs).
+// detectors apply: COPY rows carry no column names.
+// TODO(issue 4): column rules do not reach COPY TO STDOUT, which carries no
+// column names; a policy that masks columns should deny COPY TO for the
+// tables concerned (the default bundle does).
 func (p *maskPlan) copyRow(out, raw []byte) []byte {
 	data := body('d', raw)
 	line := bytes.TrimSuffix(data, []byte("\n"))

@@ -30,6 +30,7 @@ import (
 	"github.com/vigilaudit/vigil/extproc/postgres"
 	"github.com/vigilaudit/vigil/extproc/relay"
 	"github.com/vigilaudit/vigil/identity"
+	"github.com/vigilaudit/vigil/policy"
 	"github.com/vigilaudit/vigil/internal/tlsconfig"
 )
 
@@ -41,6 +42,7 @@ type App struct {
 
 	grpc   *grpc.Server
 	health *health.Server
+	policy *policy.Engine // nil with policy mode off
 }
 
 // Options tune New; the zero value is what the CLI uses.
@@ -75,14 +77,34 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		}
 		v = ev
 	}
-	h := postgres.NewHandler(postgres.Options{Config: cfg, Verifier: v, Journal: j, Log: log})
+	var dec postgres.Decider
+	var engine *policy.Engine
+	if cfg.Policy.Mode != config.PolicyOff {
+		engine, err = policy.New(ctx, cfg.Policy.Dir, policy.WithLogger(log))
+		if err != nil {
+			j.Close()
+			return nil, err
+		}
+		dec = engine
+		log.Info("policy loaded", "dir", orBuiltIn(cfg.Policy.Dir), "mode", cfg.Policy.Mode,
+			"revision", engine.Revision())
+	}
+	h := postgres.NewHandler(postgres.Options{Config: cfg, Verifier: v, Journal: j, Log: log,
+		Policy: dec, Monitor: cfg.Policy.Mode == config.PolicyMonitor})
 
 	g := grpc.NewServer()
 	extproc.NewServer(h, log).Register(g)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	return &App{Config: cfg, Journal: j, Log: log, grpc: g, health: hs}, nil
+	return &App{Config: cfg, Journal: j, Log: log, grpc: g, health: hs, policy: engine}, nil
+}
+
+func orBuiltIn(dir string) string {
+	if dir == "" {
+		return "(built in)"
+	}
+	return dir
 }
 
 // graphResolver builds the Microsoft Graph group resolver from the config.
@@ -112,6 +134,9 @@ func (a *App) Close() error {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
 		a.grpc.Stop()
+	}
+	if a.policy != nil {
+		a.policy.Close()
 	}
 	return a.Journal.Close()
 }

@@ -206,8 +206,8 @@ func (k *tokens) mint(t *testing.T, spec identity.TokenSpec) string {
 
 // Token specs matching agent(), dba() and outsider().
 var (
-	agentSpec    = identity.TokenSpec{OID: agentOID, AppID: agentApp, Roles: []string{"Db.Write"}}
-	dbaSpec      = identity.TokenSpec{OID: dbaOID, Name: "Dee Bee", UPN: "dba@example.test",
+	agentSpec = identity.TokenSpec{OID: agentOID, AppID: agentApp, Roles: []string{"Db.Write"}}
+	dbaSpec   = identity.TokenSpec{OID: dbaOID, Name: "Dee Bee", UPN: "dba@example.test",
 		Groups: []string{"dba"}}
 	outsiderSpec = identity.TokenSpec{OID: outsiderOID, UPN: "someone@example.test",
 		Groups: []string{"sales"}}

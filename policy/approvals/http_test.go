@@ -18,8 +18,8 @@ import (
 // api is a Service behind an httptest server, with tokens for the agent,
 // the DBA and an outsider.
 type api struct {
-	svc                   *Service
-	srv                   *httptest.Server
+	svc                  *Service
+	srv                  *httptest.Server
 	agent, dba, outsider string
 }
 
