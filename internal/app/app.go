@@ -30,8 +30,8 @@ import (
 	"github.com/vigilaudit/vigil/extproc/postgres"
 	"github.com/vigilaudit/vigil/extproc/relay"
 	"github.com/vigilaudit/vigil/identity"
-	"github.com/vigilaudit/vigil/policy"
 	"github.com/vigilaudit/vigil/internal/tlsconfig"
+	"github.com/vigilaudit/vigil/policy"
 )
 
 // App is an assembled vigil.
