@@ -26,7 +26,7 @@ import (
 const (
 	upstreamUser     = "app_rw"
 	upstreamPassword = `s3cret 'quoted' \back ünï`
-	agentRole        = "Db.ReadWrite"
+	agentRole        = "Db.Write"
 	connName         = "customer-db"
 )
 
@@ -299,3 +299,5 @@ func pgBin(name string) string {
 	}
 	return name
 }
+
+func writeFile(path, content string) error { return os.WriteFile(path, []byte(content), 0o644) }

@@ -120,6 +120,16 @@ start_postgres() {
 		-d postgres -v pw="$(cat "$WORK/app_rw.password")" >/dev/null <<-'SQL'
 		CREATE ROLE app_rw LOGIN PASSWORD :'pw';
 		CREATE DATABASE demo OWNER app_rw;
+		\c demo
+		SET ROLE app_rw;
+		CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card_number text,
+		  note text);
+		INSERT INTO customers VALUES
+		  (1, 'Acme Corp', 'billing@acme.example', '4111111111111111', 'pays on time'),
+		  (2, 'Globex', 'ap@globex.example', '5500005555555559', 'call ap@globex.example first');
+		CREATE TABLE invoices (id serial PRIMARY KEY, customer int REFERENCES customers,
+		  amount numeric);
+		INSERT INTO invoices (customer, amount) VALUES (1, 120.50), (2, 75);
 	SQL
 }
 
@@ -165,8 +175,11 @@ write_config() {
 		      auth: password
 		      user: app_rw                    # vigil logs in as app_rw ...
 		      password_file: app_rw.password  # ... with this password; agents never see it
-		    access: role:Db.ReadWrite         # tokens with this app role get in
+		    access: role:Db.Write             # tokens with this app role get in
 		    record: full                      # statements and parameters
+
+		policy:
+		  mode: enforce                       # the default bundle built into vigil (policy/bundle)
 
 		audit:
 		  dir: ./vigil-data                   # the journal, beside this file

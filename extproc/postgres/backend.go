@@ -4,7 +4,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/vigilaudit/vigil/audit"
-	"github.com/vigilaudit/vigil/policy"
 )
 
 // fromServer handles one whole server message; mu is not held on entry.
@@ -45,6 +44,10 @@ func (it *item) current() *command {
 // request vigil denied) replaced by vigil's error.
 func (s *session) answer(out []byte, typ byte, raw []byte) []byte {
 	it := s.head()
+	if it != nil && it.kind == itemInjected {
+		s.injectedAnswer(it, typ, raw)
+		return out
+	}
 	switch typ {
 	case 'D': // DataRow
 		if c := it.current(); c != nil {
@@ -58,9 +61,9 @@ func (s *session) answer(out []byte, typ byte, raw []byte) []byte {
 			return c.plan.copyRow(out, raw)
 		}
 	case 'H': // CopyOutResponse
-		if c := it.current(); c != nil {
+		if c := it.current(); c != nil && len(c.mask) > 0 {
 			c.copyOut = true
-			c.plan = newMaskPlan(detectorsOnly(c.mask), nil, nil, nil)
+			c.plan = newMaskPlan(c.mask, c.fields, nil, c.tables)
 		}
 	case 'C', 'I': // CommandComplete, EmptyQueryResponse
 		s.complete(it, typ, raw)
@@ -143,15 +146,25 @@ func (s *session) rowDescription(it *item, raw []byte) bool {
 	return false
 }
 
-// detectorsOnly keeps the value detectors of a mask.
-func detectorsOnly(rules []policy.MaskRule) []policy.MaskRule {
-	var out []policy.MaskRule
-	for _, r := range rules {
-		if r.Detector != "" {
-			out = append(out, r)
+// injectedAnswer takes the server's answers to vigil's own requests (a
+// Describe sent to learn the columns of a COPY); none reaches the client.
+func (s *session) injectedAnswer(it *item, typ byte, raw []byte) {
+	switch typ {
+	case 'T':
+		var rd pgproto3.RowDescription
+		if err := rd.Decode(body('T', raw)); err == nil && it.next != nil {
+			it.next.fields = make([]pgproto3.FieldDescription, len(rd.Fields))
+			for i, f := range rd.Fields {
+				it.next.fields[i] = f
+				it.next.fields[i].Name = append([]byte(nil), f.Name...)
+			}
 		}
+	case 'E':
+		// The COPY itself will fail the same way; the client sees that.
+		s.log.Debug("vigil's describe of a COPY failed")
+	case 'Z':
+		s.pop()
 	}
-	return out
 }
 
 // complete handles CommandComplete and EmptyQueryResponse.

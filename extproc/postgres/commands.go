@@ -25,6 +25,9 @@ const (
 	itemExecute
 	itemClose
 	itemSync
+	// itemInjected is vigil's own Parse, Describe and Sync, answered up to
+	// ReadyForQuery; its answers are kept from the client.
+	itemInjected
 )
 
 // item is one client request the server still owes an answer to. The
@@ -236,12 +239,48 @@ func (s *session) query(ctx context.Context, raw []byte) ([]byte, error) {
 		}
 		it.cmds = append(it.cmds, cmd)
 	}
-	s.pending = append(s.pending, it)
 	if v.denied != nil {
+		s.pending = append(s.pending, it)
 		s.log.Info("query denied", "reason", v.denied.message)
 		return s.deniedQuery(nil), nil
 	}
-	return raw, nil
+	send := s.prepareCopies(it)
+	s.pending = append(s.pending, it)
+	if it.denied != nil {
+		return s.deniedQuery(nil), nil
+	}
+	return append(send, raw...), nil
+}
+
+// prepareCopies readies masking for the COPY TO statements of a query:
+// it returns the requests that learn their columns first, or denies the
+// query (it.denied) when a COPY's rows cannot be masked.
+func (s *session) prepareCopies(it *item) []byte {
+	var copies []*command
+	var kinds []copyTo
+	for _, c := range it.cmds {
+		if len(c.mask) == 0 || !strings.Contains(strings.ToUpper(c.sql), "COPY") {
+			continue
+		}
+		ct, ok := parseCopyTo(c.sql)
+		if !ok {
+			continue
+		}
+		if ct.binary {
+			it.denied = &denial{message: "vigil: denied: a binary COPY TO cannot be masked; " +
+				"use the text format or SELECT (rule vigil.copy_binary_masked)"}
+			return nil
+		}
+		copies, kinds = append(copies, c), append(kinds, ct)
+	}
+	var send []byte
+	for i, c := range copies {
+		if hasColumnRules(c) {
+			send = append(send, describeFirst(kinds[i].query)...)
+			s.pending = append(s.pending, &item{kind: itemInjected, next: c})
+		}
+	}
+	return send
 }
 
 // analysis is what the parser made of a request's SQL.

@@ -120,28 +120,56 @@ func readsTable(tables []string, want string) bool {
 // value masks one value; it returns the new value (nil for NULL) and
 // whether it changed.
 func (p *maskPlan) value(i int, v []byte) ([]byte, bool) {
-	if v == nil || i >= len(p.cols) {
+	if v == nil {
 		return v, false
 	}
-	cp := &p.cols[i]
+	var cp *colPlan
+	if i < len(p.cols) {
+		cp = &p.cols[i]
+	} else {
+		// Rows wider than their description (COPY rows of unknown shape):
+		// detectors still look at every value.
+		cp = &colPlan{name: "column " + itoa(i+1), text: true}
+	}
 	if r := cp.rule; r != nil {
-		if r.Detector != "" && !(cp.text && policy.Detect(r.Detector, v)) {
+		if r.Detector == "" {
+			return p.apply(cp, r.Column, *r, v), true
+		}
+		if !cp.text {
 			return v, false
 		}
-		return p.apply(cp, r.Column, *r, v), true
+		return p.detect(cp, r.Column, *r, v)
 	}
 	if !cp.text {
 		return v, false
 	}
 	for _, d := range p.detectors {
-		if policy.Detect(d.Detector, v) {
-			return p.apply(cp, d.Detector, d, v), true
+		if nv, ok := p.detect(cp, d.Detector, d, v); ok {
+			return nv, true
 		}
 	}
 	return v, false
 }
 
-func (p *maskPlan) apply(cp *colPlan, rule string, r policy.MaskRule, v []byte) []byte {
+// detect masks what rule r's detector finds in v: the whole value, or the
+// parts of a longer text ("call bob@example.org").
+func (p *maskPlan) detect(cp *colPlan, name string, r policy.MaskRule, v []byte) ([]byte, bool) {
+	if policy.Detect(r.Detector, v) {
+		return p.apply(cp, name, r, v), true
+	}
+	found := policy.Find(r.Detector, v)
+	if len(found) == 0 {
+		return v, false
+	}
+	p.count(cp, name, r, int64(len(found)))
+	masked, null := policy.MaskFound(r.Strategy, v, found)
+	if null {
+		return nil, true
+	}
+	return masked, true
+}
+
+func (p *maskPlan) count(cp *colPlan, rule string, r policy.MaskRule, n int64) {
 	key := [2]string{cp.name, rule}
 	m := p.counts[key]
 	if m == nil {
@@ -149,7 +177,11 @@ func (p *maskPlan) apply(cp *colPlan, rule string, r policy.MaskRule, v []byte) 
 		p.counts[key] = m
 		p.order = append(p.order, key)
 	}
-	m.Values++
+	m.Values += n
+}
+
+func (p *maskPlan) apply(cp *colPlan, rule string, r policy.MaskRule, v []byte) []byte {
+	p.count(cp, rule, r, 1)
 	if !cp.text {
 		return nil
 	}
@@ -184,11 +216,8 @@ func (p *maskPlan) row(out, raw []byte) []byte {
 	return b
 }
 
-// copyRow rewrites one CopyData row of a text-format COPY TO STDOUT. Only
-// detectors apply: COPY rows carry no column names.
-// TODO(issue 4): column rules do not reach COPY TO STDOUT, which carries no
-// column names; a policy that masks columns should deny COPY TO for the
-// tables concerned (the default bundle does).
+// copyRow rewrites one CopyData row of a text-format COPY TO STDOUT,
+// whose columns vigil learnt before the COPY ran (see copyout.go).
 func (p *maskPlan) copyRow(out, raw []byte) []byte {
 	data := body('d', raw)
 	line := bytes.TrimSuffix(data, []byte("\n"))
@@ -198,17 +227,15 @@ func (p *maskPlan) copyRow(out, raw []byte) []byte {
 		if string(f) == `\N` {
 			continue
 		}
-		cp := colPlan{name: "column " + itoa(i+1), text: true}
-		for _, d := range p.detectors {
-			if policy.Detect(d.Detector, f) {
-				masked := p.apply(&cp, d.Detector, d, f)
-				if masked == nil {
-					masked = []byte(`\N`)
-				}
-				fields[i] = escapeCopy(masked)
-				changed = true
-				break
-			}
+		nv, ok := p.value(i, unescapeCopy(f))
+		if !ok {
+			continue
+		}
+		changed = true
+		if nv == nil {
+			fields[i] = []byte(`\N`)
+		} else {
+			fields[i] = escapeCopy(nv)
 		}
 	}
 	if !changed {
@@ -224,7 +251,7 @@ func (p *maskPlan) copyRow(out, raw []byte) []byte {
 
 // escapeCopy keeps a masked value from breaking COPY's text format.
 func escapeCopy(v []byte) []byte {
-	if !bytes.ContainsAny(v, "\t\n\r\\") || string(v) == `\N` {
+	if !bytes.ContainsAny(v, "\t\n\r\\") {
 		return v
 	}
 	r := strings.NewReplacer(`\`, `\\`, "\t", `\t`, "\n", `\n`, "\r", `\r`)

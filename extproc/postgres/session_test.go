@@ -174,7 +174,7 @@ func TestMaskedDataRow(t *testing.T) {
 	down := h.server(enc(t,
 		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{
 			{Name: []byte("email"), DataTypeOID: oidText}, {Name: []byte("note"), DataTypeOID: oidText}}},
-		&pgproto3.DataRow{Values: [][]byte{[]byte("ann@example.com"), []byte("bob@example.org")}},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("ann@example.com"), []byte("mail bob@example.org")}},
 		&pgproto3.DataRow{Values: [][]byte{nil, []byte("nothing here")}},
 		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 2")},
 		&pgproto3.ReadyForQuery{TxStatus: 'I'}))

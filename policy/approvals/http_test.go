@@ -106,7 +106,8 @@ func TestHTTPAPI(t *testing.T) {
 	}
 
 	// Refusals, each recorded.
-	if code := a.call(t, "POST", "/api/approvals/"+id+"/approve", a.agent, "{}", &e); code != 403 ||
+	if code := a.call(t, "POST", "/api/approvals/"+id+"/approve", a.agent, "{}",
+		&e); code != 403 ||
 		e.Cause != "self_approval" {
 		t.Errorf("self approval: %d %+v", code, e)
 	}

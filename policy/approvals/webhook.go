@@ -159,7 +159,8 @@ func payload(r *Request, page string) WebhookPayload {
 	if r.Pending() {
 		ev = "approval.requested"
 	}
-	return WebhookPayload{Text: text(r, page), Vigil: WebhookEvent{Event: ev, Request: c, URL: page}}
+	return WebhookPayload{Text: text(r, page),
+		Vigil: WebhookEvent{Event: ev, Request: c, URL: page}}
 }
 
 // text is the one message a chat channel shows.

@@ -28,9 +28,9 @@ sed -n '/^identity:/,$p' "$WORK/vigil.yaml"
 start_gateway
 
 APP_ID=$(new_guid)
-log "minting a token: app $APP_ID, role Db.ReadWrite, audience api://vigil"
+log "minting a token: app $APP_ID, role Db.Write, audience api://vigil"
 TOKEN=$("$VIGIL" dev token --issuer "$AUTHORITY" --audience api://vigil \
-	--role Db.ReadWrite --app-id "$APP_ID")
+	--role Db.Write --app-id "$APP_ID")
 [ -n "$TOKEN" ] || die "vigil dev token printed nothing"
 
 log "agent session: psql through vigil on 127.0.0.1:$GW_PORT with the token as password"
@@ -38,13 +38,19 @@ log "agent session: psql through vigil on 127.0.0.1:$GW_PORT with the token as p
 PGPASSWORD=$TOKEN "$PGBIN/psql" -X -e -v ON_ERROR_STOP=0 \
 	"host=127.0.0.1 port=$GW_PORT user=agent dbname=demo sslmode=disable \
 application_name=demo-agent" <<'SQL' || true
-CREATE TABLE invoices (id serial PRIMARY KEY, customer text NOT NULL, amount numeric);
-INSERT INTO invoices (customer, amount) VALUES ('acme', 120.50), ('globex', 75)
-  RETURNING id, customer;
-SELECT id, customer, amount FROM invoices ORDER BY id;
-UPDATE invoices SET amount = amount * 1.1 WHERE customer = 'acme';
-SELECT count(*) AS invoices, sum(amount) AS total FROM invoices;
+-- Personal data is masked on its way to the agent (default policy).
+SELECT id, name, email, card_number, note FROM customers ORDER BY id;
+-- Writes the agent's grant allows.
+INSERT INTO invoices (customer, amount) VALUES (1, 99.90) RETURNING id, amount;
+UPDATE invoices SET amount = amount * 1.1 WHERE customer = 1;
+SELECT customer, count(*) AS invoices, sum(amount) AS total FROM invoices GROUP BY customer;
+-- Denied: a DELETE without WHERE never reaches the server.
+DELETE FROM invoices;
+-- Denied: agents change no schema.
+ALTER TABLE invoices ADD COLUMN paid boolean;
+-- An ordinary error, recorded with its SQLSTATE.
 SELECT amount / 0 FROM invoices;
+SELECT count(*) AS invoices_left FROM invoices;
 SQL
 
 log "vigil audit sessions"

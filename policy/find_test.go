@@ -1,0 +1,26 @@
+package policy
+
+import "testing"
+
+func TestFindInsideText(t *testing.T) {
+	cases := []struct {
+		detector, in, want string
+	}{
+		{"email", "call bob@example.org after 5", "call b***@example.org after 5"},
+		{"card", "paid with 4111 1111 1111 1111 today", "paid with [REDACTED] today"},
+		{"card", "order 4111111111111112 (bad checksum)", "order 4111111111111112 (bad checksum)"},
+		{"iban", "to GB82 WEST 1234 5698 7654 32 please", "to [REDACTED] please"},
+		{"email", "a@example.com and b@example.net", "a***@example.com and b***@example.net"},
+		{"api_key", "key=AKIAABCDEFGHIJKLMNOP;", "key=[REDACTED];"},
+	}
+	for _, c := range cases {
+		strategy := "redact"
+		if c.detector == "email" {
+			strategy = "partial"
+		}
+		got, _ := MaskFound(strategy, []byte(c.in), Find(c.detector, []byte(c.in)))
+		if string(got) != c.want {
+			t.Errorf("%s in %q: got %q, want %q", c.detector, c.in, got, c.want)
+		}
+	}
+}
