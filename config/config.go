@@ -29,6 +29,7 @@ type Config struct {
 	Identity    Identity     `yaml:"identity"`
 	Connections []Connection `yaml:"connections"`
 	Policy      Policy       `yaml:"policy"`
+	Approvals   Approvals    `yaml:"approvals"`
 	Audit       Audit        `yaml:"audit"`
 	Server      Server       `yaml:"server"`
 
@@ -226,6 +227,42 @@ const (
 	PolicyOff     = "off"
 )
 
+// Approvals says where held commands wait for a human decision. Approvers
+// use the HTTP API and page on server.http, or `vigil approvals`.
+type Approvals struct {
+	// Store is "file" (the default: a file in audit.dir, for one machine)
+	// or "postgres" (shared by every vigil replica).
+	Store string `yaml:"store"`
+	// PostgresDSNFile or PostgresDSNEnv hold the store's connection string.
+	PostgresDSNFile string `yaml:"postgres_dsn_file"`
+	PostgresDSNEnv  string `yaml:"postgres_dsn_env"`
+	// WebhookFile holds the URL notified when a request is created and
+	// decided (Slack- and Teams-compatible JSON); the URL is a secret.
+	WebhookFile string `yaml:"webhook_file"`
+	// PublicURL is the approvals page as approvers reach it, for links.
+	PublicURL string `yaml:"public_url"`
+}
+
+// DSN reads the PostgreSQL store's connection string.
+func (a *Approvals) DSN() (Secret, error) {
+	c := Credential{PasswordFile: a.PostgresDSNFile, PasswordEnv: a.PostgresDSNEnv}
+	s, err := c.Secret()
+	if err != nil {
+		return "", fmt.Errorf("config: approvals postgres dsn: %w", err)
+	}
+	return s, nil
+}
+
+// Webhook reads the webhook URL, or "" when none is configured.
+func (a *Approvals) Webhook() (Secret, error) {
+	c := Credential{PasswordFile: a.WebhookFile}
+	s, err := c.Secret()
+	if err != nil {
+		return "", fmt.Errorf("config: approvals webhook: %w", err)
+	}
+	return s, nil
+}
+
 // Audit says where the journal lives and where it is exported.
 type Audit struct {
 	// Dir holds the journal, the export cursor and the checkpoint key.
@@ -237,7 +274,27 @@ type Audit struct {
 type Elasticsearch struct {
 	Addresses  []string `yaml:"addresses"`
 	APIKeyFile string   `yaml:"api_key_file"`
-	DataStream string   `yaml:"data_stream"`
+	// Username and PasswordFile are basic authentication, instead of an
+	// API key.
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	// CAFile is the PEM bundle that signs the cluster's certificate;
+	// default: the system's CAs.
+	CAFile     string `yaml:"ca_file"`
+	DataStream string `yaml:"data_stream"`
+	// Retention is how long a backing index is kept after its rollover, an
+	// Elasticsearch time value ("90d"); `vigil elasticsearch setup` puts it
+	// in the ILM policy.
+	Retention string `yaml:"retention"`
+	// Kibana is where `vigil elasticsearch setup` imports the saved objects;
+	// nil skips them.
+	Kibana *Kibana `yaml:"kibana"`
+}
+
+// Kibana says where Kibana is.
+type Kibana struct {
+	URL        string `yaml:"url"`
+	APIKeyFile string `yaml:"api_key_file"`
 }
 
 // Server holds vigil's own listeners.
@@ -357,12 +414,20 @@ func (c *Config) resolvePaths(base string) {
 		}
 	}
 	rel(&c.Policy.Dir)
+	rel(&c.Approvals.PostgresDSNFile)
+	rel(&c.Approvals.WebhookFile)
 	if c.Identity.Graph != nil {
 		rel(&c.Identity.Graph.ClientSecretFile)
 	}
 	rel(&c.Audit.Dir)
 	if c.Audit.Elasticsearch != nil {
-		rel(&c.Audit.Elasticsearch.APIKeyFile)
+		es := c.Audit.Elasticsearch
+		rel(&es.APIKeyFile)
+		rel(&es.PasswordFile)
+		rel(&es.CAFile)
+		if es.Kibana != nil {
+			rel(&es.Kibana.APIKeyFile)
+		}
 	}
 	for i := range c.Connections {
 		cn := &c.Connections[i]
@@ -395,11 +460,17 @@ func (c *Config) applyDefaults() {
 	if c.Audit.Dir == "" {
 		c.Audit.Dir = "vigil-data"
 	}
+	if c.Approvals.Store == "" {
+		c.Approvals.Store = "file"
+	}
 	if c.Policy.Mode == "" {
 		c.Policy.Mode = PolicyEnforce
 	}
 	if c.Audit.Elasticsearch != nil && c.Audit.Elasticsearch.DataStream == "" {
 		c.Audit.Elasticsearch.DataStream = "logs-vigil.audit-default"
+	}
+	if c.Audit.Elasticsearch != nil && c.Audit.Elasticsearch.Retention == "" {
+		c.Audit.Elasticsearch.Retention = "90d"
 	}
 	for i := range c.Connections {
 		cn := &c.Connections[i]

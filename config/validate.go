@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"regexp"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -96,9 +98,19 @@ func (c *Config) Validate() error {
 		bad("policy.mode", "%q: want enforce, monitor or off", c.Policy.Mode)
 	}
 
+	switch ap := c.Approvals; ap.Store {
+	case "file":
+	case "postgres":
+		if ap.PostgresDSNFile == "" && ap.PostgresDSNEnv == "" {
+			bad("approvals", "store postgres needs postgres_dsn_file or postgres_dsn_env")
+		}
+	default:
+		bad("approvals.store", "%q: want file or postgres", ap.Store)
+	}
+
 	// Audit.
-	if es := c.Audit.Elasticsearch; es != nil && len(es.Addresses) == 0 {
-		bad("audit.elasticsearch.addresses", "want at least one Elasticsearch URL")
+	if es := c.Audit.Elasticsearch; es != nil {
+		validateElasticsearch(es, bad)
 	}
 	for _, a := range []struct{ key, addr string }{
 		{"server.grpc", c.Server.GRPC}, {"server.http", c.Server.HTTP},
@@ -193,5 +205,46 @@ func (c *Config) validateTLS(cn *Connection, key string, bad func(string, string
 		bad(key+".upstream_tls.mode", "disable: auth %s sends the secret in clear to %s; use "+
 			"require or verify-full, or insecure_plaintext: true on a closed test network",
 			cn.Credential.Auth, cn.Upstream)
+	}
+}
+
+// esRetention is an Elasticsearch time value in the units ILM accepts.
+var esRetention = regexp.MustCompile(`^[1-9][0-9]*(d|h|m|s|ms|micros|nanos)$`)
+
+func validateElasticsearch(es *Elasticsearch, bad func(string, string, ...any)) {
+	if len(es.Addresses) == 0 {
+		bad("audit.elasticsearch.addresses", "want at least one Elasticsearch URL")
+	}
+	for _, a := range es.Addresses {
+		if u, err := url.Parse(a); err != nil || (u.Scheme != "http" && u.Scheme != "https") ||
+			u.Host == "" {
+			bad("audit.elasticsearch.addresses", "%q: want a URL such as https://127.0.0.1:9200",
+				a)
+		}
+	}
+	switch {
+	case es.APIKeyFile != "" && es.Username != "":
+		bad("audit.elasticsearch", "want api_key_file or username, not both")
+	case es.Username != "" && es.PasswordFile == "":
+		bad("audit.elasticsearch.password_file", "username needs password_file")
+	case es.PasswordFile != "" && es.Username == "":
+		bad("audit.elasticsearch.username", "password_file needs username")
+	}
+	if !esRetention.MatchString(es.Retention) {
+		bad("audit.elasticsearch.retention", "%q: want a number and a unit such as 90d or 720h",
+			es.Retention)
+	}
+	ds := es.DataStream
+	if ds != strings.ToLower(ds) || strings.ContainsAny(ds, `\/*?"<>| ,#:`) ||
+		strings.IndexAny(ds, "-_+.") == 0 {
+		bad("audit.elasticsearch.data_stream", "%q: want a lower-case data stream name such "+
+			"as logs-vigil.audit-default", ds)
+	}
+	if k := es.Kibana; k != nil {
+		if u, err := url.Parse(k.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") ||
+			u.Host == "" {
+			bad("audit.elasticsearch.kibana.url", "%q: want a URL such as https://127.0.0.1:5601",
+				k.URL)
+		}
 	}
 }

@@ -175,10 +175,16 @@ func (s *Server) Process(stream grpc.BidiStreamingServer[procv3.ProcessingReques
 	writes := make(chan work, 64)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go s.worker(ctx, &wg, Read, reads, sess.OnClient, send)
+	// The client direction has its own context, ended as soon as the
+	// client's end of stream arrives, even while OnClient is busy with an
+	// earlier chunk: a command held for approval stops waiting for a
+	// client that has gone.
+	clientCtx, clientGone := context.WithCancel(ctx)
+	defer clientGone()
+	go s.worker(clientCtx, &wg, Read, reads, sess.OnClient, send)
 	go s.worker(ctx, &wg, Write, writes, sess.OnServer, send)
 
-	recvErr := s.receive(ctx, stream, reads, writes)
+	recvErr := s.receive(ctx, stream, reads, writes, clientGone)
 	// The data plane has gone (Envoy closes the stream with the
 	// connection): nothing waits for replies any more, so release any
 	// session blocked on a hold.
@@ -198,7 +204,8 @@ func (s *Server) Process(stream grpc.BidiStreamingServer[procv3.ProcessingReques
 
 // receive reads requests until the stream ends and queues them by direction.
 func (s *Server) receive(ctx context.Context, stream grpc.BidiStreamingServer[
-	procv3.ProcessingRequest, procv3.ProcessingResponse], reads, writes chan<- work) error {
+	procv3.ProcessingRequest, procv3.ProcessingResponse], reads, writes chan<- work,
+	clientGone context.CancelFunc) error {
 	for {
 		req, err := stream.Recv()
 		if err == io.EOF {
@@ -217,6 +224,9 @@ func (s *Server) receive(ctx context.Context, stream grpc.BidiStreamingServer[
 		default:
 			return status.Error(codes.InvalidArgument,
 				"extproc: a request must carry exactly one of read_data and write_data")
+		}
+		if q == reads && d.GetEndOfStream() {
+			clientGone()
 		}
 		select {
 		case q <- work{data: d.GetData(), eos: d.GetEndOfStream()}:

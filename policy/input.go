@@ -88,8 +88,12 @@ type Approval struct {
 	Approvers []string `json:"approvers"`
 	// Timeout is how long the command is held before it is denied.
 	Timeout time.Duration `json:"timeout"`
-	// Scope is "statement" (this command only) or "session".
+	// Scope is "once" (the approval lets this execution run) or "window"
+	// (it also covers the same statement from the same identity on the
+	// same connection for Window).
 	Scope string `json:"scope"`
+	// Window is how long a "window" approval covers repeats (default 10m).
+	Window time.Duration `json:"window,omitempty"`
 }
 
 // decode reads the value of data.vigil.decision. Anything of the wrong shape
@@ -191,7 +195,7 @@ func approval(raw any) (*Approval, error) {
 	if !ok {
 		return nil, fmt.Errorf("policy: decision.approval is %T, want an object", raw)
 	}
-	a := &Approval{Scope: "statement", Timeout: 15 * time.Minute}
+	a := &Approval{Scope: "once", Timeout: 15 * time.Minute}
 	var err error
 	if a.Approvers, err = stringList(m, "approvers"); err != nil {
 		return nil, err
@@ -217,6 +221,18 @@ func approval(raw any) (*Approval, error) {
 	}
 	if s, ok := m["scope"].(string); ok {
 		a.Scope = s
+	}
+	switch a.Scope {
+	case "once":
+	case "window":
+		a.Window = 10 * time.Minute
+		if w, ok := m["window"].(string); ok {
+			if a.Window, err = time.ParseDuration(w); err != nil {
+				return nil, fmt.Errorf("policy: decision.approval.window: %w", err)
+			}
+		}
+	default:
+		return nil, fmt.Errorf("policy: decision.approval.scope %q: want once or window", a.Scope)
 	}
 	return a, nil
 }

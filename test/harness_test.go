@@ -38,7 +38,10 @@ type env struct {
 	iss     *httptest.Server
 	app     *app.App
 	addr    string // the gateway's listener for connName
+	http    string // server.http: health and the approvals API
 	dataDir string
+	// cfgFile is the configuration as a file, for vigil processes.
+	cfgFile string
 }
 
 // envOptions tune startEnv.
@@ -53,6 +56,17 @@ type envOptions struct {
 	// extra keys for the connection block, each line indented four spaces
 	// (tls_test.go configures TLS with it).
 	connYAML func(t testing.TB, pg *pgtest.Cluster) string
+	// policyDir, when set, replaces the embedded default policy.
+	policyDir string
+	// extraYAML is added at the top level of the configuration, each key
+	// at column zero (an approvals block, for example).
+	extraYAML string
+	// issuerOf, when set, shares that env's dev issuer instead of
+	// starting one.
+	issuerOf *env
+	// dataDir, when set, is audit.dir (two gateways may share nothing
+	// else, so each takes its own).
+	dataDir string
 }
 
 func startEnv(t testing.TB, o envOptions) *env {
@@ -68,16 +82,27 @@ func startEnv(t testing.TB, o envOptions) *env {
 		connExtra = o.connYAML(t, e.pg)
 	}
 
-	iss, err := identity.NewDevIssuer(identity.DevTenant)
-	if err != nil {
-		t.Fatal(err)
+	if o.issuerOf != nil {
+		e.issuer, e.iss = o.issuerOf.issuer, o.issuerOf.iss
+	} else {
+		iss, err := identity.NewDevIssuer(identity.DevTenant)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.issuer = iss
+		e.iss = httptest.NewServer(iss.Handler())
+		t.Cleanup(e.iss.Close)
 	}
-	e.issuer = iss
-	e.iss = httptest.NewServer(iss.Handler())
-	t.Cleanup(e.iss.Close)
 
 	dir := t.TempDir()
 	e.dataDir = filepath.Join(dir, "data")
+	if o.dataDir != "" {
+		e.dataDir = o.dataDir
+	}
+	policyDir := ""
+	if o.policyDir != "" {
+		policyDir = "\n  dir: " + o.policyDir
+	}
 	pwFile := filepath.Join(dir, "pw")
 	if err := os.WriteFile(pwFile, []byte(upstreamPassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -102,12 +127,18 @@ connections:
     access: [role:%s, group:billing-agents]
     record: %s
 %spolicy:
-  mode: %s
+  mode: %s%s
 audit:
   dir: %s
-`, identity.DevTenant, identity.DevAPIAppID, e.iss.URL, connName, e.pg.Addr(), auth,
+server:
+  http: 127.0.0.1:0
+%s`, identity.DevTenant, identity.DevAPIAppID, e.iss.URL, connName, e.pg.Addr(), auth,
 		upstreamUser, pwFile, agentRole, orDefault(o.record, "full"), connExtra,
-		orDefault(o.policy, "monitor"), e.dataDir)
+		orDefault(o.policy, "monitor"), policyDir, e.dataDir, o.extraYAML)
+	e.cfgFile = filepath.Join(dir, "vigil.yaml")
+	if err := os.WriteFile(e.cfgFile, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yaml)
@@ -130,7 +161,7 @@ audit:
 		a.Close()
 		t.Fatal(err)
 	}
-	e.app, e.addr = a, gw.Addrs[connName]
+	e.app, e.addr, e.http = a, gw.Addrs[connName], gw.HTTP
 	t.Cleanup(func() {
 		cancel()
 		gw.Wait()

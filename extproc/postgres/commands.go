@@ -239,6 +239,18 @@ func (s *session) query(ctx context.Context, raw []byte) ([]byte, error) {
 		}
 		it.cmds = append(it.cmds, cmd)
 	}
+	if v.denied == nil && len(it.cmds) > 0 {
+		held := it.cmds[0]
+		for i, d := range v.decisions {
+			if d.Approval != nil && i < len(it.cmds) {
+				held = it.cmds[i]
+				break
+			}
+		}
+		if d := s.hold(ctx, v, q.String, nil, held); d != nil {
+			v.denied, it.denied = d, d
+		}
+	}
 	if v.denied != nil {
 		s.pending = append(s.pending, it)
 		s.log.Info("query denied", "reason", v.denied.message)
@@ -421,6 +433,9 @@ func (s *session) execute(ctx context.Context, raw []byte) ([]byte, error) {
 			cmd.tables = readTables(st.analysed.stmts)
 		}
 		cmd.plan = newMaskPlan(v.mask, cmd.fields, cmd.formats, cmd.tables)
+	}
+	if v.denied == nil && pt != nil {
+		v.denied = s.hold(ctx, v, pt.sql, pt.params, cmd)
 	}
 	if v.denied != nil {
 		s.pending = append(s.pending, &item{kind: itemExecute, cmds: []*command{cmd},

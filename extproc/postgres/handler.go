@@ -20,6 +20,8 @@ type Options struct {
 	Policy   Decider
 	// Monitor records the policy's decisions without enforcing them.
 	Monitor bool
+	// Approvals holds commands the policy wants approved; nil denies them.
+	Approvals Approver
 	Log     *slog.Logger
 }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/vigilaudit/vigil/identity"
 	"github.com/vigilaudit/vigil/internal/tlsconfig"
 	"github.com/vigilaudit/vigil/policy"
+	"github.com/vigilaudit/vigil/policy/approvals"
 )
 
 // App is an assembled vigil.
@@ -40,9 +41,13 @@ type App struct {
 	Journal *audit.Journal
 	Log     *slog.Logger
 
+	// Approvals holds commands for human decisions.
+	Approvals *approvals.Service
+
 	grpc   *grpc.Server
 	health *health.Server
 	policy *policy.Engine // nil with policy mode off
+	store  approvals.Store
 }
 
 // Options tune New; the zero value is what the CLI uses.
@@ -89,15 +94,53 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		log.Info("policy loaded", "dir", orBuiltIn(cfg.Policy.Dir), "mode", cfg.Policy.Mode,
 			"revision", engine.Revision())
 	}
+	svc, store, err := approvalService(ctx, cfg, v, log)
+	if err != nil {
+		j.Close()
+		if engine != nil {
+			engine.Close()
+		}
+		return nil, err
+	}
 	h := postgres.NewHandler(postgres.Options{Config: cfg, Verifier: v, Journal: j, Log: log,
-		Policy: dec, Monitor: cfg.Policy.Mode == config.PolicyMonitor})
+		Policy: dec, Monitor: cfg.Policy.Mode == config.PolicyMonitor, Approvals: svc})
 
 	g := grpc.NewServer()
 	extproc.NewServer(h, log).Register(g)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	return &App{Config: cfg, Journal: j, Log: log, grpc: g, health: hs, policy: engine}, nil
+	return &App{Config: cfg, Journal: j, Log: log, grpc: g, health: hs, policy: engine,
+		Approvals: svc, store: store}, nil
+}
+
+// approvalService builds the approvals service on the configured store.
+func approvalService(ctx context.Context, cfg *config.Config, v identity.Verifier,
+	log *slog.Logger) (*approvals.Service, approvals.Store, error) {
+	var store approvals.Store
+	switch cfg.Approvals.Store {
+	case "postgres":
+		dsn, err := cfg.Approvals.DSN()
+		if err != nil {
+			return nil, nil, err
+		}
+		if store, err = approvals.NewPostgresStore(ctx, dsn.Reveal()); err != nil {
+			return nil, nil, err
+		}
+	default:
+		fs, err := approvals.NewFileStore(cfg.Audit.Dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		store = fs
+	}
+	hook, err := cfg.Approvals.Webhook()
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	return approvals.NewService(store, v, approvals.Options{Webhook: hook.Reveal(),
+		PublicURL: cfg.Approvals.PublicURL, Log: log}), store, nil
 }
 
 func orBuiltIn(dir string) string {
@@ -138,6 +181,12 @@ func (a *App) Close() error {
 	if a.policy != nil {
 		a.policy.Close()
 	}
+	if err := a.Approvals.Close(); err != nil {
+		a.Log.Warn("approvals close", "err", err)
+	}
+	if err := a.store.Close(); err != nil {
+		a.Log.Warn("approvals store close", "err", err)
+	}
 	return a.Journal.Close()
 }
 
@@ -154,7 +203,9 @@ func (a *App) ServeExtproc(ctx context.Context) error {
 	}
 	a.Log.Info("ext_proc listening", "addr", ln.Addr().String(),
 		"connections", len(a.Config.Connections))
-	go a.serveHTTP(ctx)
+	if _, err := a.StartHTTP(ctx); err != nil {
+		return err
+	}
 	go func() {
 		<-ctx.Done()
 		a.grpc.GracefulStop()
@@ -167,6 +218,8 @@ func (a *App) ServeExtproc(ctx context.Context) error {
 type Gateway struct {
 	// Addrs maps each connection name to the address it listens on.
 	Addrs map[string]string
+	// HTTP is the address of server.http, "" when not set.
+	HTTP string
 	done  chan error
 }
 
@@ -251,7 +304,11 @@ func (a *App) StartGateway(ctx context.Context) (*Gateway, error) {
 			}
 		}()
 	}
-	go a.serveHTTP(ctx)
+	if gw.HTTP, err = a.StartHTTP(ctx); err != nil {
+		closeAll()
+		cc.Close()
+		return nil, err
+	}
 	go func() {
 		<-ctx.Done()
 		closeAll()
@@ -273,27 +330,41 @@ func collect(ch <-chan error) []error {
 	return out
 }
 
-// serveHTTP serves health on server.http until ctx ends.
-func (a *App) serveHTTP(ctx context.Context) {
+// StartHTTP listens on server.http and serves health, the approvals API
+// and page until ctx ends. It returns the address it listens on, or ""
+// when server.http is not set.
+func (a *App) StartHTTP(ctx context.Context) (string, error) {
 	if a.Config.Server.HTTP == "" {
-		return
+		if a.Approvals != nil {
+			a.Log.Warn("server.http is not set: held commands can only time out, since " +
+				"approvers reach vigil through its HTTP API")
+		}
+		return "", nil
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
+	if a.Approvals != nil {
+		h := a.Approvals.Handler()
+		mux.Handle("/approvals/", h)
+		mux.Handle("/api/approvals", h)
+		mux.Handle("/api/approvals/", h)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", a.Config.Server.HTTP)
 	if err != nil {
-		a.Log.Error("server.http: listen", "err", err)
-		return
+		return "", fmt.Errorf("server.http: %w", err)
 	}
 	a.Log.Info("http listening", "addr", ln.Addr().String())
 	go func() {
 		<-ctx.Done()
 		srv.Close()
 	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		a.Log.Error("http server", "err", err)
-	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.Log.Error("http server", "err", err)
+		}
+	}()
+	return ln.Addr().String(), nil
 }

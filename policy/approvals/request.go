@@ -163,6 +163,10 @@ type Step struct {
 	Time   time.Time          `json:"time"`
 }
 
+// NewID returns a fresh request id, for a caller that must name a request
+// before Hold stores it.
+func NewID() string { return newID() }
+
 // newID returns 80 random bits in lower-case base32 without padding.
 func newID() string {
 	var b [10]byte

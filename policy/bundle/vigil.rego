@@ -166,7 +166,10 @@ default approval := null
 approval := {
 	"approvers": cfg.approval.approvers,
 	"timeout": cfg.approval.timeout,
-	"scope": "statement",
+	# once: this execution only; window: the same statement from the same
+	# identity runs again without asking until the window closes.
+	"scope": object.get(cfg.approval, "scope", "once"),
+	"window": object.get(cfg.approval, "window", "10m"),
 } if {
 	count(holds) > 0
 	allow
