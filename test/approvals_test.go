@@ -43,7 +43,7 @@ func (e *env) approverToken(t *testing.T, oid string, groups ...string) string {
 	t.Helper()
 	return e.token(t, identity.TokenSpec{OID: oid, AppID: azureCLI, Roles: []string{},
 		Groups: groups,
-		Name: "Person " + oid[len(oid)-4:], UPN: "p" + oid[len(oid)-4:] + "@example.com"})
+		Name:   "Person " + oid[len(oid)-4:], UPN: "p" + oid[len(oid)-4:] + "@example.com"})
 }
 
 // startApprovalsEnv starts a gateway enforcing the default policy (or

@@ -22,7 +22,7 @@ type Options struct {
 	Monitor bool
 	// Approvals holds commands the policy wants approved; nil denies them.
 	Approvals Approver
-	Log     *slog.Logger
+	Log       *slog.Logger
 }
 
 // Handler creates a PostgreSQL Session for each stream.

@@ -220,7 +220,7 @@ type Gateway struct {
 	Addrs map[string]string
 	// HTTP is the address of server.http, "" when not set.
 	HTTP string
-	done  chan error
+	done chan error
 }
 
 // Wait returns when the gateway has stopped.
