@@ -130,6 +130,8 @@ start_postgres() {
 		CREATE TABLE invoices (id serial PRIMARY KEY, customer int REFERENCES customers,
 		  amount numeric);
 		INSERT INTO invoices (customer, amount) VALUES (1, 120.50), (2, 75);
+		CREATE TABLE import_scratch (line text);
+		INSERT INTO import_scratch VALUES ('leftover');
 	SQL
 }
 
@@ -156,6 +158,7 @@ start_issuer() {
 # GW_PORT.
 write_config() {
 	GW_PORT=$(free_port)
+	HTTP_PORT=$(free_port)
 	cat >"$WORK/vigil.yaml" <<-YAML
 		# vigil.yaml written by test/lib.sh for make demo / make bench.
 		# Annotated reference: docs/vigil.example.yaml.
@@ -183,6 +186,9 @@ write_config() {
 
 		audit:
 		  dir: ./vigil-data                   # the journal, beside this file
+
+		server:
+		  http: 127.0.0.1:$HTTP_PORT          # health, the approvals API and page
 	YAML
 }
 

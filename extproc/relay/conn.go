@@ -13,7 +13,9 @@ import (
 	"time"
 
 	procv3 "github.com/envoyproxy/go-control-plane/envoy/service/network_ext_proc/v3"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/vigilaudit/vigil/extproc"
 )
@@ -228,6 +230,11 @@ func (c *conn) end(kind endKind, cause error) {
 		c.log.Error("processor reply timed out; closing the connection", "err", cause,
 			"timeout", c.r.opts.MessageTimeout)
 	case endStreamError:
+		if errors.Is(cause, context.Canceled) || status.Code(cause) == codes.Canceled {
+			// The gateway is shutting down: not the processor's fault.
+			c.log.Info("processor stream cancelled; closing the connection", "err", cause)
+			break
+		}
 		c.r.streamErrors.Add(1)
 		c.log.Error("processor stream failed; closing the connection", "err", cause)
 	}

@@ -53,12 +53,39 @@ SELECT amount / 0 FROM invoices;
 SELECT count(*) AS invoices_left FROM invoices;
 SQL
 
+log "an agent's TRUNCATE waits for a DBA's approval (default policy: group:dba decides)"
+PGPASSWORD=$TOKEN "$PGBIN/psql" -X -e \
+	"host=127.0.0.1 port=$GW_PORT user=agent dbname=demo sslmode=disable \
+application_name=demo-agent" -c "TRUNCATE import_scratch" >"$WORK/held.out" 2>&1 &
+HELD=$!
+# A person: a user token with the dba group, through the Azure CLI's app.
+DBA_TOKEN=$("$VIGIL" dev token --issuer "$AUTHORITY" --audience api://vigil --group dba \
+	--name "Dana DBA" --upn dana@example.com --oid "$(new_guid)" \
+	--app-id 04b07795-8ddb-461a-bbee-02f9e1bf7b46)
+REQUEST=
+for _ in $(seq 1 100); do
+	REQUEST=$(VIGIL_TOKEN=$DBA_TOKEN "$VIGIL" approvals list --config "$WORK/vigil.yaml" --json |
+		grep -o '"id" *: *"[a-z2-7]\{16\}"' | head -n 1 | sed 's/.*: *"\(.*\)"/\1/') || true
+	[ -n "$REQUEST" ] && break
+	sleep 0.1
+done
+[ -n "$REQUEST" ] || die "the TRUNCATE was not held for approval"
+log "vigil approvals list (as dana@example.com)"
+VIGIL_TOKEN=$DBA_TOKEN "$VIGIL" approvals list --config "$WORK/vigil.yaml"
+log "vigil approvals approve $REQUEST"
+VIGIL_TOKEN=$DBA_TOKEN "$VIGIL" approvals approve --config "$WORK/vigil.yaml" "$REQUEST" \
+	--reason "scratch table, safe to empty"
+wait "$HELD" || die "the approved TRUNCATE failed: $(cat "$WORK/held.out")"
+cat "$WORK/held.out"
+
 log "vigil audit sessions"
 "$VIGIL" audit sessions --config "$WORK/vigil.yaml"
 
-SESSION=$("$VIGIL" audit sessions --config "$WORK/vigil.yaml" --json |
-	grep -o '"session_id" *: *"[^"]*"' | tail -n 1 | sed 's/.*: *"\(.*\)"/\1/')
-[ -n "$SESSION" ] || die "no session found in the journal"
+SESSIONS=$("$VIGIL" audit sessions --config "$WORK/vigil.yaml" --json |
+	grep -o '"session_id" *: *"[^"]*"' | sed 's/.*: *"\(.*\)"/\1/')
+[ -n "$SESSIONS" ] || die "no session found in the journal"
 
-log "vigil audit show $SESSION"
-"$VIGIL" audit show --config "$WORK/vigil.yaml" "$SESSION"
+for SESSION in $SESSIONS; do
+	log "vigil audit show $SESSION"
+	"$VIGIL" audit show --config "$WORK/vigil.yaml" "$SESSION"
+done
