@@ -28,14 +28,34 @@
 // The directory holds segment files named segment-00000001.jsonl,
 // segment-00000002.jsonl, ...; the writer starts the next one when a batch
 // would take the current one over Options.MaxSegmentSize. Each line is one
-// record:
+// event record:
 //
 //	{"hash":"<64 hex>","prev":"<64 hex>","event":<the event's JSON>}
 //
 // hash = SHA-256(prev || event bytes), where prev is the hash of the
 // session's previous event, and for seq 1 the genesis: 32 zero bytes. The
 // events of a session appear in the files in seq order; sessions
-// interleave. A Record keeps the bytes as stored (json.RawMessage).
+// interleave. A Record keeps the bytes as stored (json.RawMessage). A
+// session's end event restates its seq (Session.Events) and the hash
+// before it (Session.LastHash).
+//
+// # Checkpoints
+//
+// Every Options.CheckpointInterval, also when nothing happened, and at a
+// clean Close (Final set), the writer appends a checkpoint line through the
+// same queue, so it is ordered with the events it covers:
+//
+//	{"checkpoint":{"seq":N,"time":...,"prev":"<64 hex>","heads":[...],
+//	 "open":K,"final":true,"key":"<base64>"},"sig":"<base64>"}
+//
+// The heads are the last seq and hash of every session with an event since
+// the previous checkpoint and of every open session (Ended marks a head
+// that is the session's end). Checkpoints are numbered from 1 and prev is
+// SHA-256 of the previous checkpoint's bytes, so they chain. sig is the
+// Ed25519 signature over the checkpoint object's bytes as stored, with the
+// key in the file KeyFile (checkpoint-key.ed25519: a PKCS#8 PEM, mode 0600,
+// created by the first Open). `vigil audit pubkey` prints its public key.
+// The readers skip checkpoint lines.
 //
 // # Recovery
 //
@@ -45,10 +65,23 @@
 // bytes, is not a crash's doing: Open and the readers return a
 // *CorruptError naming the segment and the byte offset.
 //
-// # Reading
+// Open then replays the journal from its last checkpoint, continues the
+// checkpoint chain from it, and records an end event for every session
+// still open: reason ReasonCrash, or ReasonStopped when the journal ended
+// in a final checkpoint. A crash thus leaves no session without an end once
+// vigil is back.
+//
+// # Reading and verifying
 //
 // ReadSessions, ReadSession and ReadRecords read the files without the
 // writer's lock, so `vigil audit` works while vigil runs. VerifyChain checks
-// one session's links; checking that no session or tail was dropped needs
-// the signed checkpoints of a later version.
+// one session's links. Verify checks a whole Source (JournalSource, or
+// Elasticsearch in package audit/es): chains, seq gaps and order, session
+// ends, checkpoint signatures and chain, and that every head a checkpoint
+// names is stored, so an edited, removed, reordered or added event, a
+// removed session or tail, and a removed or forged checkpoint are each
+// reported as a Problem. What cannot be shown: events after the newest
+// checkpoint of a running journal (at most one interval), and anything
+// re-signed by someone who holds the private key; compare with a public
+// key kept elsewhere (VerifyOptions.PublicKey).
 package audit

@@ -160,6 +160,13 @@ type Session struct {
 	Closed time.Time `json:"closed,omitzero"`
 	// Commands is the number of command events; on session end.
 	Commands int `json:"commands,omitempty"`
+	// Events is the number of the session's events, this end included (so
+	// its seq), and LastHash the hash of the event before it: on session
+	// end, filled by the journal. They restate the end's place in the hash
+	// chain inside the hashed bytes, so a search index holding only the
+	// end event still shows how long the session was.
+	Events   uint64 `json:"events,omitempty"`
+	LastHash string `json:"last_hash,omitempty"`
 	// Application is the client's application_name, if it sent one.
 	Application string `json:"application,omitempty"`
 	// ClientUser is the user name the client asked for at startup.

@@ -2,7 +2,9 @@ package audit
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // ErrJournalUnavailable is wrapped by every error a Journal returns once it
@@ -41,6 +44,14 @@ type Options struct {
 	// MaxPending caps the bytes recorded but not yet written; Record blocks
 	// while the queue is over it (DefaultMaxPending when zero).
 	MaxPending int
+	// CheckpointInterval is how often the journal writes a signed
+	// checkpoint, also when nothing happened (DefaultCheckpointInterval
+	// when zero; a negative value writes only the one of a clean Close and
+	// those Checkpoint asks for, for tests).
+	CheckpointInterval time.Duration
+	// Key signs the checkpoints. Nil means the key in dir/KeyFile, created
+	// with mode 0600 by the first Open.
+	Key ed25519.PrivateKey
 }
 
 // Journal is the append-only journal in one directory. One process writes
@@ -69,6 +80,16 @@ type Journal struct {
 	// testHookWrite, when set, runs in the writer before each batch.
 	testHookWrite func()
 
+	// Checkpoint state, guarded by mu: the sessions to name in the next
+	// checkpoint, and the chain of checkpoints so far.
+	key    ed25519.PrivateKey
+	keyID  string // base64 of the public key
+	heads  map[string]*headState
+	dirty  map[string]struct{} // sessions with an event since the last checkpoint
+	cpSeq  uint64
+	cpPrev [sha256.Size]byte // SHA-256 of the last checkpoint's signed bytes
+	stop   chan struct{}     // closed by Close to stop the checkpoint ticker
+
 	// Owned by the writer goroutine after Open.
 	seg     *os.File
 	segNum  int
@@ -91,6 +112,9 @@ func Open(dir string, opts Options) (*Journal, error) {
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = DefaultMaxPending
 	}
+	if opts.CheckpointInterval == 0 {
+		opts.CheckpointInterval = DefaultCheckpointInterval
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit: open journal: %w", err)
 	}
@@ -99,16 +123,47 @@ func Open(dir string, opts Options) (*Journal, error) {
 		return nil, err
 	}
 	j := &Journal{dir: dir, log: opts.Log, opts: opts, lock: lock,
-		notify: make(chan struct{}), done: make(chan struct{})}
+		notify: make(chan struct{}), done: make(chan struct{}), stop: make(chan struct{}),
+		heads: map[string]*headState{}, dirty: map[string]struct{}{}}
 	j.wake = sync.NewCond(&j.mu)
-	if err := j.openTail(); err != nil {
+	if err := j.setKey(opts.Key); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	stopped, err := j.openTail()
+	if err != nil {
 		lock.Close()
 		return nil, err
 	}
 	go j.run()
+	if err := j.endDangling(stopped); err != nil {
+		j.Close()
+		return nil, err
+	}
+	if opts.CheckpointInterval > 0 {
+		go j.ticker(opts.CheckpointInterval)
+	}
 	j.log.Info("audit journal open", "dir", dir, "segment", segmentName(j.segNum),
-		"size", j.segSize)
+		"size", j.segSize, "checkpoint", j.cpSeq, "key", j.keyID)
 	return j, nil
+}
+
+// setKey takes the checkpoint key from the options or from dir/KeyFile.
+func (j *Journal) setKey(k ed25519.PrivateKey) error {
+	if k == nil {
+		var created bool
+		var err error
+		if k, created, err = loadOrCreateKey(j.dir); err != nil {
+			return err
+		}
+		if created {
+			j.log.Info("audit journal: created the checkpoint signing key",
+				"file", filepath.Join(j.dir, KeyFile))
+		}
+	}
+	j.key = k
+	j.keyID = base64.StdEncoding.EncodeToString(k.Public().(ed25519.PublicKey))
+	return nil
 }
 
 // lockDir takes the journal's exclusive flock, without waiting.
@@ -126,33 +181,38 @@ func lockDir(dir string) (*os.File, error) {
 }
 
 // openTail recovers the newest segment and opens it for appending, or
-// creates the first one.
-func (j *Journal) openTail() error {
+// creates the first one, and loads the checkpoint state (see loadState).
+func (j *Journal) openTail() (stopped bool, err error) {
 	segs, err := listSegments(j.dir)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if len(segs) == 0 {
-		return j.createSegment(1)
+		return false, j.createSegment(1)
 	}
 	last := segs[len(segs)-1]
 	size, err := j.recover(last)
 	if err != nil {
-		return err
+		return false, err
+	}
+	if stopped, err = j.loadState(segs); err != nil {
+		return false, err
 	}
 	f, err := os.OpenFile(filepath.Join(j.dir, segmentName(last)), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
-		return fmt.Errorf("audit: open journal: %w", err)
+		return false, fmt.Errorf("audit: open journal: %w", err)
 	}
 	j.seg, j.segNum, j.segSize = f, last, size
-	return nil
+	return stopped, nil
 }
 
 // recover checks the newest segment and cuts a torn tail; it returns the
 // segment's size afterwards.
 func (j *Journal) recover(num int) (int64, error) {
 	path := filepath.Join(j.dir, segmentName(num))
-	res, err := scanSegment(path, nil, nil)
+	res, err := scanSegment(path, visitor{
+		record:     func(Record) error { return nil },
+		checkpoint: func(Checkpoint) error { return nil }})
 	if err != nil {
 		return 0, err
 	}
@@ -209,7 +269,13 @@ func (j *Journal) Close() error {
 }
 
 func (j *Journal) close() {
+	close(j.stop)
 	j.mu.Lock()
+	if j.unavailable() == nil {
+		if err := j.queueCheckpoint(true); err != nil {
+			j.log.Error("audit journal: final checkpoint not written", "err", err)
+		}
+	}
 	j.closed = true
 	j.wake.Broadcast()
 	j.mu.Unlock()
@@ -231,9 +297,9 @@ func (j *Journal) close() {
 	j.log.Info("audit journal closed", "dir", j.dir)
 }
 
-// enqueue hands one record line to the writer and returns its ticket,
-// which wait compares with the durable count.
-func (j *Journal) enqueue(line []byte) (uint64, error) {
+// enqueue hands one record line, of event ev with hash, to the writer and
+// returns its ticket, which wait compares with the durable count.
+func (j *Journal) enqueue(line []byte, ev *Event, hash [sha256.Size]byte) (uint64, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for j.err == nil && !j.closed && len(j.pending) > j.opts.MaxPending {
@@ -244,6 +310,7 @@ func (j *Journal) enqueue(line []byte) (uint64, error) {
 	}
 	j.pending = append(j.pending, line...)
 	j.queued++
+	j.noteHead(ev, hash)
 	j.wake.Broadcast()
 	return j.queued, nil
 }
@@ -288,7 +355,7 @@ func (j *Journal) run() {
 		if err != nil {
 			j.err = fmt.Errorf("%w: %w", ErrJournalUnavailable, err)
 			j.log.Error("audit journal cannot be written; refusing new records",
-				"dir", j.dir, "segment", segmentName(j.segNum), "err", err)
+				"alert", true, "dir", j.dir, "segment", segmentName(j.segNum), "err", err)
 		} else {
 			j.durable = upto
 			j.batches++
@@ -355,6 +422,11 @@ func (j *Journal) wait(ctx context.Context, ticket uint64) error {
 			return fmt.Errorf("audit: waiting for the journal: %w", ctx.Err())
 		}
 	}
+}
+
+// waitTicket is wait without a deadline.
+func (j *Journal) waitTicket(ticket uint64) error {
+	return j.wait(context.Background(), ticket)
 }
 
 // encodeRecord returns one journal line:

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -237,7 +238,13 @@ func TestTornTailRecovery(t *testing.T) {
 		tear func(t *testing.T, path string, size int64)
 	}{
 		{"cut mid-line", func(t *testing.T, path string, size int64) {
-			if err := os.Truncate(path, size-17); err != nil {
+			// Into the last session's end, before Close's final checkpoint.
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cp := bytes.LastIndex(b, checkpointPrefix)
+			if err := os.Truncate(path, int64(cp)-17); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -263,12 +270,21 @@ func TestTornTailRecovery(t *testing.T) {
 			}
 			mustChain(t, dir, ids[0], 6)
 			mustChain(t, dir, ids[1], 6)
-			// Cutting mid-line loses the last session's end, nothing else.
-			want := 6
-			if tc.name == "cut mid-line" {
-				want = 5
+			// Cutting mid-line loses the last session's end, nothing else;
+			// Open records a new end for it, naming the crash.
+			recs := mustChain(t, dir, ids[2], 6)
+			var end Event
+			if err := json.Unmarshal(recs[5].Event, &end); err != nil {
+				t.Fatal(err)
 			}
-			mustChain(t, dir, ids[2], want)
+			wantReason := ""
+			if tc.name == "cut mid-line" {
+				wantReason = ReasonCrash
+			}
+			if end.Kind != KindSessionEnd || end.Reason != wantReason ||
+				end.Session == nil || end.Session.Events != 6 || end.Session.LastHash != recs[4].Hash {
+				t.Fatalf("end after recovery: %s", recs[5].Event)
+			}
 
 			// The journal goes on after the cut, and the result reads clean.
 			r, err := j.Begin(startEvent("db", "next@x"))

@@ -63,7 +63,7 @@ type SessionSummary struct {
 // out. Damage in the journal is a *CorruptError.
 func ReadSessions(dir string, f Filter) ([]SessionSummary, error) {
 	byID := map[string]*SessionSummary{}
-	err := scanJournal(dir, nil, func(rec Record) error {
+	err := scanJournal(dir, visitor{record: func(rec Record) error {
 		var ev Event
 		if err := json.Unmarshal(rec.Event, &ev); err != nil {
 			return &CorruptError{Segment: rec.Segment, Offset: rec.Offset, Err: err}
@@ -75,7 +75,7 @@ func ReadSessions(dir string, f Filter) ([]SessionSummary, error) {
 		}
 		s.add(&ev)
 		return nil
-	})
+	}})
 	if err != nil {
 		return nil, err
 	}
@@ -178,8 +178,9 @@ func ReadRecords(dir, sessionID string) ([]Record, error) {
 		rec Record
 	}
 	var recs []keyed
-	err := scanJournal(dir, func(line []byte) bool { return bytes.Contains(line, quoted) },
-		func(rec Record) error {
+	err := scanJournal(dir, visitor{
+		want: func(line []byte) bool { return bytes.Contains(line, quoted) },
+		record: func(rec Record) error {
 			var h struct {
 				SessionID string `json:"session_id"`
 				Seq       uint64 `json:"seq"`
@@ -191,7 +192,7 @@ func ReadRecords(dir, sessionID string) ([]Record, error) {
 				recs = append(recs, keyed{h.Seq, rec})
 			}
 			return nil
-		})
+		}})
 	if err != nil {
 		return nil, err
 	}

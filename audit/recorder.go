@@ -72,7 +72,7 @@ func (r *Recorder) append(ev Event) (uint64, error) {
 		return 0, fmt.Errorf("audit: encode event: %w", err)
 	}
 	line, hash := encodeRecord(r.prev, canonical)
-	ticket, err := r.j.enqueue(line)
+	ticket, err := r.j.enqueue(line, &ev, hash)
 	if err != nil {
 		return 0, err
 	}
@@ -106,6 +106,7 @@ func (r *Recorder) End(ev Event) error {
 	}
 	r.ended = true
 	ev.Kind = KindSessionEnd
+	ev.Session = endSession(ev.Session, r.next, r.prev)
 	_, err := r.append(ev)
 	t := r.ticket
 	r.mu.Unlock()
@@ -113,6 +114,18 @@ func (r *Recorder) End(ev Event) error {
 		return err
 	}
 	return r.j.wait(context.Background(), t)
+}
+
+// endSession returns the Session of an end event with seq: a copy of s (or
+// a new one) with Events and LastHash set.
+func endSession(s *Session, seq uint64, prev [sha256.Size]byte) *Session {
+	var out Session
+	if s != nil {
+		out = *s
+	}
+	out.Events = seq
+	out.LastHash = hex.EncodeToString(prev[:])
+	return &out
 }
 
 // newSessionID returns a UUIDv7 (RFC 9562) string for time now: 48 bits of

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -85,15 +86,25 @@ func (e *CorruptError) Unwrap() error { return e.Err }
 // crash in the middle of a write leaves at the end of a segment.
 var errTear = errors.New("not a whole record")
 
-// parseRecord decodes one line (without its newline) and checks its hash.
-// An error wrapping errTear means the line is not a record at all.
-func parseRecord(line []byte) (Record, error) {
+// checkpointPrefix starts every checkpoint line; event records start with
+// {"hash":.
+var checkpointPrefix = []byte(`{"checkpoint":`)
+
+func isCheckpointLine(line []byte) bool { return bytes.HasPrefix(line, checkpointPrefix) }
+
+// parseRecord decodes one line (without its newline) and, unless lenient,
+// checks its hash. An error wrapping errTear means the line is not a record
+// at all.
+func parseRecord(line []byte, lenient bool) (Record, error) {
 	var rec Record
 	if err := json.Unmarshal(line, &rec); err != nil {
 		return rec, fmt.Errorf("%w: %w", errTear, err)
 	}
 	if len(rec.Event) == 0 || rec.Event[0] != '{' {
 		return rec, errors.New("the record holds no event")
+	}
+	if lenient {
+		return rec, nil
 	}
 	prev, err := decodeHash(rec.Prev)
 	if err != nil {
@@ -107,6 +118,24 @@ func parseRecord(line []byte) (Record, error) {
 		return rec, errors.New("the hash does not match the event's bytes")
 	}
 	return rec, nil
+}
+
+// parseCheckpoint decodes one checkpoint line (without its newline). The
+// signature is not checked here; Verify does that.
+func parseCheckpoint(line []byte) (Checkpoint, error) {
+	var outer struct {
+		Checkpoint json.RawMessage `json:"checkpoint"`
+		Sig        string          `json:"sig"`
+	}
+	var cp Checkpoint
+	if err := json.Unmarshal(line, &outer); err != nil {
+		return cp, fmt.Errorf("%w: %w", errTear, err)
+	}
+	if err := json.Unmarshal(outer.Checkpoint, &cp); err != nil {
+		return cp, fmt.Errorf("checkpoint: %w", err)
+	}
+	cp.Raw, cp.Signature = outer.Checkpoint, outer.Sig
+	return cp, nil
 }
 
 func decodeHash(s string) ([sha256.Size]byte, error) {
@@ -124,14 +153,34 @@ type scanResult struct {
 	tornAt int64 // start of the torn tail, or -1
 }
 
-// scanSegment reads one segment line by line and calls fn with every whole
-// record whose line want accepts (every record when want is nil). Lines
-// want rejects are not decoded unless damage was seen before them. Damage
-// that runs to the end of the file is a torn tail, reported in the result;
-// damage followed by a whole record, or a record with a wrong hash, is a
+// visitor says what scanSegment hands back.
+type visitor struct {
+	// want selects event record lines by their raw bytes; nil takes all.
+	want func(line []byte) bool
+	// record is called with every wanted event record; nil skips them.
+	record func(Record) error
+	// checkpoint is called with every checkpoint; nil skips them.
+	checkpoint func(Checkpoint) error
+	// lenient leaves a record whose hash does not match its bytes to the
+	// caller (Verify reports it) instead of failing with a *CorruptError.
+	lenient bool
+}
+
+// wants reports whether v takes the whole line (with its newline).
+func (v *visitor) wants(line []byte) bool {
+	if isCheckpointLine(line) {
+		return v.checkpoint != nil
+	}
+	return v.record != nil && (v.want == nil || v.want(line))
+}
+
+// scanSegment reads one segment line by line and hands v every whole
+// record and checkpoint it wants. Lines v does not want are not decoded
+// unless damage was seen before them. Damage that runs to the end of the
+// file is a torn tail, reported in the result; damage followed by a whole
+// line, or a record with a wrong hash (unless v.lenient), is a
 // *CorruptError.
-func scanSegment(path string, want func(line []byte) bool, fn func(Record) error) (
-	scanResult, error) {
+func scanSegment(path string, v visitor) (scanResult, error) {
 	res := scanResult{tornAt: -1}
 	name := filepath.Base(path)
 	f, err := os.Open(path)
@@ -158,11 +207,14 @@ func scanSegment(path string, want func(line []byte) bool, fn func(Record) error
 			}
 			break
 		}
-		if res.tornAt < 0 && want != nil && !want(line) {
+		if res.tornAt < 0 && !v.wants(line) {
 			continue
 		}
-		rec, perr := parseRecord(line[:len(line)-1])
+		perr, verr := scanLine(line[:len(line)-1], name, off, &v,
+			res.tornAt < 0 && v.wants(line))
 		switch {
+		case verr != nil:
+			return res, verr
 		case errors.Is(perr, errTear):
 			if res.tornAt < 0 {
 				res.tornAt, tearErr = off, perr
@@ -173,29 +225,45 @@ func scanSegment(path string, want func(line []byte) bool, fn func(Record) error
 		case res.tornAt >= 0:
 			return res, &CorruptError{Segment: name, Offset: res.tornAt, Err: tearErr}
 		}
-		if want != nil && !want(line) {
-			continue
-		}
-		rec.Segment, rec.Offset = name, off
-		if fn != nil {
-			if err := fn(rec); err != nil {
-				return res, err
-			}
-		}
 	}
 	return res, nil
+}
+
+// scanLine decodes one line and, when deliver is set, hands it to v. It
+// returns the decoding error and, apart, the error of v's function.
+func scanLine(line []byte, seg string, off int64, v *visitor, deliver bool) (perr, verr error) {
+	if isCheckpointLine(line) {
+		cp, err := parseCheckpoint(line)
+		if err != nil || !deliver {
+			return err, nil
+		}
+		cp.Segment, cp.Offset = seg, off
+		return nil, v.checkpoint(cp)
+	}
+	rec, err := parseRecord(line, v.lenient)
+	if err != nil || !deliver {
+		return err, nil
+	}
+	rec.Segment, rec.Offset = seg, off
+	return nil, v.record(rec)
 }
 
 // scanJournal scans every segment of dir in order. Only the newest segment
 // may end in a torn record (the writer may be in the middle of it, or a
 // crash left it for the next Open to cut); it is skipped.
-func scanJournal(dir string, want func(line []byte) bool, fn func(Record) error) error {
+func scanJournal(dir string, v visitor) error {
 	nums, err := listSegments(dir)
 	if err != nil {
 		return err
 	}
+	return scanSegments(dir, nums, v)
+}
+
+// scanSegments scans the given segments of dir in order; the last one may
+// end in a torn record.
+func scanSegments(dir string, nums []int, v visitor) error {
 	for i, n := range nums {
-		res, err := scanSegment(filepath.Join(dir, segmentName(n)), want, fn)
+		res, err := scanSegment(filepath.Join(dir, segmentName(n)), v)
 		if err != nil {
 			return err
 		}

@@ -179,7 +179,7 @@ func (s *session) password(ctx context.Context, out, raw []byte) ([]byte, extpro
 	}
 	s.id, s.grant = id, g.String()
 	if err := s.begin(); err != nil {
-		s.log.Error("audit journal unavailable; refusing the login", "err", err)
+		s.log.Error("audit journal unavailable; refusing the login", "alert", true, "err", err)
 		s.refuse("the audit journal is unavailable; no command can be recorded", "journal")
 		return s.provoke(out), extproc.Continue
 	}

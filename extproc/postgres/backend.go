@@ -202,7 +202,7 @@ func (s *session) failed(out []byte, it *item, raw []byte) []byte {
 		return append(out, raw...) // outside any request, such as an admin shutdown
 	}
 	if it.denied != nil {
-		r = audit.Result{Status: audit.StatusDenied, SQLState: stateInsufficientPrivilege,
+		r = audit.Result{Status: audit.StatusDenied, SQLState: it.denied.state(),
 			Message: it.denied.message}
 		out = rewriteDenial(out, it.denied, e.Severity)
 		it.denied = nil

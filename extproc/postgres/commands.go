@@ -150,12 +150,31 @@ func (s *session) request(ctx context.Context, out []byte, typ byte,
 		err = s.functionCall(raw)
 	}
 	if err != nil {
-		// Fail closed: a command that cannot be recorded does not run.
-		s.log.Error("audit journal unavailable; closing the connection", "err", err)
-		s.endReason = "audit journal unavailable: " + err.Error()
-		return out, extproc.Close
+		return s.unrecorded(out, typ, err)
 	}
 	return append(out, send...), extproc.Continue
+}
+
+// unrecorded refuses a command that could not be recorded: fail closed.
+// The server is sent a request it will refuse, and its error is replaced
+// with one that says why, so the client learns the cause and the session
+// stays in step; every later command is refused the same way while the
+// journal stays unavailable.
+func (s *session) unrecorded(out []byte, typ byte, err error) ([]byte, extproc.Action) {
+	s.log.Error("audit journal unavailable: refusing the command", "alert", true, "err", err)
+	s.endReason = "audit journal unavailable: " + err.Error()
+	d := &denial{code: stateIOError,
+		message: "vigil: the audit journal cannot be written, so the command was not run: " +
+			err.Error(),
+		hint: "this is vigil's storage, not your command; tell the operator"}
+	if typ == 'E' {
+		s.pending = append(s.pending, &item{kind: itemExecute, denied: d})
+		return append(out, s.deniedExecute(nil)...), extproc.Continue
+	}
+	// A Query or a FunctionCall: both are answered with an error and
+	// ReadyForQuery, as the refused Query will be.
+	s.pending = append(s.pending, &item{kind: itemQuery, denied: d})
+	return append(out, s.deniedQuery(nil)...), extproc.Continue
 }
 
 // discarded handles a request the server will drop unseen, after an

@@ -38,7 +38,21 @@ type Decider interface {
 // denial is a refused request waiting for the server's error to rewrite.
 type denial struct {
 	message string
+	// code is the SQLSTATE the client sees; default 42501.
+	code string
+	hint string
 }
+
+// state is the SQLSTATE of the denial.
+func (d *denial) state() string {
+	if d.code == "" {
+		return stateInsufficientPrivilege
+	}
+	return d.code
+}
+
+// stateIOError is SQLSTATE 58030: the journal cannot be written.
+const stateIOError = "58030"
 
 // verdict is the judgement of one request: one decision per statement.
 type verdict struct {
@@ -168,19 +182,22 @@ func rewriteDenial(out []byte, d *denial, severity string) []byte {
 	if severity == "" {
 		severity = "ERROR"
 	}
+	hint := d.hint
+	if hint == "" {
+		hint = "the statement was not run; ask the policy owner if it should be allowed"
+	}
 	e := pgproto3.ErrorResponse{Severity: severity, SeverityUnlocalized: severity,
-		Code: stateInsufficientPrivilege, Message: d.message,
-		Hint: "the statement was not run; ask the policy owner if it should be allowed"}
+		Code: d.state(), Message: d.message, Hint: hint}
 	b, err := e.Encode(out)
 	if err != nil {
-		return appendError(out, severity, stateInsufficientPrivilege, d.message)
+		return appendError(out, severity, d.state(), d.message)
 	}
 	return b
 }
 
 // recordDenied records the result of a command vigil refused.
 func (s *session) recordDenied(c *command, d *denial) {
-	s.finish(c, audit.Result{Status: audit.StatusDenied, SQLState: stateInsufficientPrivilege,
+	s.finish(c, audit.Result{Status: audit.StatusDenied, SQLState: d.state(),
 		Message: d.message})
 }
 

@@ -75,6 +75,9 @@ type session struct {
 	unknown string
 	// endReason says why vigil ended the session, for its end event.
 	endReason string
+	// silenced is set when the journal failed under a result: nothing
+	// more from the server reaches the client.
+	silenced bool
 }
 
 func newSession(h *Handler, cn *config.Connection, info extproc.ConnInfo) *session {
@@ -120,6 +123,12 @@ func (s *session) OnClient(ctx context.Context, chunk []byte, eos bool) extproc.
 
 // OnServer implements extproc.Session.
 func (s *session) OnServer(ctx context.Context, chunk []byte, eos bool) extproc.Reply {
+	s.mu.Lock()
+	silenced := s.silenced
+	s.mu.Unlock()
+	if silenced {
+		return extproc.Reply{}
+	}
 	s.server.feed(chunk)
 	var out []byte
 	for {
@@ -140,11 +149,27 @@ func (s *session) OnServer(ctx context.Context, chunk []byte, eos bool) extproc.
 	s.mu.Unlock()
 	if wait && rec != nil {
 		if err := rec.Sync(ctx); err != nil {
-			s.log.Error("audit journal unavailable; closing the connection", "err", err)
-			return extproc.Reply{Action: extproc.Close}
+			return s.journalLost(err)
 		}
 	}
 	return extproc.Reply{Data: out}
+}
+
+// journalLost ends a session whose results cannot be made durable. The
+// answer is withheld: in its place the client gets a FATAL error saying
+// why, as PostgreSQL itself ends a session, and nothing more from the
+// server reaches it. (A Close reply would drop the message: Envoy closes
+// first.)
+func (s *session) journalLost(err error) extproc.Reply {
+	s.log.Error("audit journal unavailable; ending the session", "alert", true, "err", err)
+	s.mu.Lock()
+	s.silenced = true
+	s.phase = phaseFailed
+	s.endReason = "audit journal unavailable: " + err.Error()
+	s.mu.Unlock()
+	msg := "vigil: the audit journal cannot be written, so the session ends; the last " +
+		"command's outcome was not recorded: " + err.Error()
+	return extproc.Reply{Data: appendError(nil, "FATAL", stateIOError, msg)}
 }
 
 func (s *session) protocolError(side string, err error) extproc.Reply {
