@@ -197,7 +197,7 @@ func (j *Journal) queueCheckpoint(final bool) error {
 			continue
 		}
 		body.Heads = append(body.Heads, Head{Session: id, Seq: h.seq,
-			Hash: hex.EncodeToString(h.hash[:]), Ended: h.ended})
+			Hash: hex.EncodeToString(h.hash[:]), Ended: h.ended, Connection: h.base.Connection})
 	}
 	raw, err := json.Marshal(body)
 	if err != nil {

@@ -59,6 +59,10 @@ type Head struct {
 	Hash    string `json:"hash"`
 	// Ended is set when that event is the session's end.
 	Ended bool `json:"ended,omitempty"`
+	// Connection is the session's connection, so that a store holding only
+	// some connections' sessions (Elasticsearch gets those with
+	// export: siem) can be verified for those.
+	Connection string `json:"connection,omitempty"`
 }
 
 // Source is what Verify reads: the local journal (JournalSource) or
@@ -86,6 +90,11 @@ type VerifyOptions struct {
 	// Progress, when set, is called after each session with the number of
 	// sessions checked and the total.
 	Progress func(done, total int)
+	// Connections, when set, are the only connections whose sessions the
+	// source is expected to hold: checkpoint heads of other connections'
+	// sessions are not looked for. A head without a connection (written
+	// before heads named one) is always looked for.
+	Connections []string
 }
 
 // Problem kinds reported by Verify. Only ProblemSessionOpen, and
@@ -310,6 +319,10 @@ func (v *verifier) checkCheckpoints(cps []Checkpoint) {
 		}
 		if signed := v.checkSignature(cp, pub); signed {
 			for _, h := range cp.Heads {
+				if h.Connection != "" && len(v.opts.Connections) > 0 &&
+					!slices.Contains(v.opts.Connections, h.Connection) {
+					continue
+				}
 				v.claims[h.Session] = append(v.claims[h.Session], claim{cp: cp.Seq, head: h})
 			}
 		}

@@ -484,3 +484,27 @@ func TestCheckpointKeyFile(t *testing.T) {
 		t.Fatal("checkpoint 2 does not chain to checkpoint 1")
 	}
 }
+
+// TestVerifyOnlyExpectedConnections: a store that holds some connections'
+// sessions (Elasticsearch holds those with export: siem) is not blamed for
+// the others, and still is for its own.
+func TestVerifyOnlyExpectedConnections(t *testing.T) {
+	tj := buildTamperJournal(t)
+	var kept [][]byte
+	for _, l := range tj.lines(t) {
+		if bytes.Contains(l, []byte(tj.ids["c"])) && !bytes.HasPrefix(l, []byte(`{"checkpoint"`)) {
+			continue
+		}
+		kept = append(kept, l)
+	}
+	tj.write(t, kept)
+	if rep := verifyDir(t, tj.dir, VerifyOptions{Connections: []string{"other"}}); hasProblem(
+		rep, ProblemMissingSession, tj.ids["c"]) {
+		t.Errorf("session c of connection db reported missing where only connection other "+
+			"is expected:\n%s", dumpProblems(rep))
+	}
+	if rep := verifyDir(t, tj.dir, VerifyOptions{Connections: []string{"db"}}); !hasProblem(
+		rep, ProblemMissingSession, tj.ids["c"]) {
+		t.Errorf("session c of connection db dropped, not reported:\n%s", dumpProblems(rep))
+	}
+}

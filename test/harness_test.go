@@ -61,6 +61,8 @@ type envOptions struct {
 	// extraYAML is added at the top level of the configuration, each key
 	// at column zero (an approvals block, for example).
 	extraYAML string
+	// auditYAML is added under audit:, each key indented two spaces.
+	auditYAML string
 	// issuerOf, when set, shares that env's dev issuer instead of
 	// starting one.
 	issuerOf *env
@@ -130,11 +132,11 @@ connections:
   mode: %s%s
 audit:
   dir: %s
-server:
+%sserver:
   http: 127.0.0.1:0
 %s`, identity.DevTenant, identity.DevAPIAppID, e.iss.URL, connName, e.pg.Addr(), auth,
 		upstreamUser, pwFile, agentRole, orDefault(o.record, "full"), connExtra,
-		orDefault(o.policy, "monitor"), policyDir, e.dataDir, o.extraYAML)
+		orDefault(o.policy, "monitor"), policyDir, e.dataDir, o.auditYAML, o.extraYAML)
 	e.cfgFile = filepath.Join(dir, "vigil.yaml")
 	if err := os.WriteFile(e.cfgFile, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)

@@ -20,24 +20,28 @@ type Cursor struct {
 	Offset  int64  `json:"offset"`
 }
 
-// Record is one journal record with the position just after it, so the
-// cursor can stop between any two records.
+// Record is one line of the journal, an event record or a checkpoint,
+// with the position just after it, so the cursor can stop between any two
+// lines.
 type Record struct {
+	// Record is the event record; zero for a checkpoint.
 	audit.Record
+	// Checkpoint is set when the line is a signed checkpoint (Raw holds
+	// the signed bytes verbatim).
+	Checkpoint *audit.Checkpoint
+	// Err is set when the line is damaged: not a record, or a hash that
+	// does not match its bytes. The Shipper stops in front of it.
+	Err  error
 	Next Cursor
 }
 
-// Source is the journal as the Shipper reads it.
-//
-// TODO(es): the journal has no positional reader yet (audit exports
-// ReadSessions and ReadRecords, per session). It needs one of this shape,
-// e.g. audit.ReadFrom(dir, pos, max); until then vigil wires no Source and
-// the tests use a fake.
+// Source is the journal as the Shipper reads it. JournalSource reads the
+// segment files; tests use an in-memory one.
 type Source interface {
-	// ReadFrom returns up to max whole records starting at pos, in journal
-	// order, each hash-checked, with Next set. It returns no records (and
-	// no error) when nothing follows pos yet. A record the writer is still
-	// writing is not returned.
+	// ReadFrom returns up to max whole lines starting at pos, in journal
+	// order, with Next set. It returns no records (and no error) when
+	// nothing follows pos yet. A line the writer is still writing is not
+	// returned.
 	ReadFrom(pos Cursor, max int) ([]Record, error)
 }
 

@@ -1,6 +1,8 @@
 package es
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -34,15 +36,15 @@ type ecs struct {
 
 // Event is ECS event.*.
 type Event struct {
-	Kind     string   `json:"kind"`     // always "event"
-	Category []string `json:"category"` // authentication, session, database
-	Type     []string `json:"type"`     // start, end, access, info, error
-	Action   string   `json:"action"`   // the vigil kind: session_start, command, ...
-	Outcome  string   `json:"outcome"`  // success, failure, unknown
-	Sequence uint64   `json:"sequence"` // seq within the session
-	Hash     string   `json:"hash"`     // hex chain hash of this event
-	Original string   `json:"original"` // the canonical bytes
-	Dataset  string   `json:"dataset"`  // vigil.audit
+	Kind     string   `json:"kind"`               // "event"; "state" for a checkpoint
+	Category []string `json:"category,omitempty"` // authentication, session, database, iam
+	Type     []string `json:"type"`               // start, end, access, info, error
+	Action   string   `json:"action"`             // the vigil kind: session_start, command, ...
+	Outcome  string   `json:"outcome"`            // success, failure, unknown
+	Sequence uint64   `json:"sequence"`           // seq within the session
+	Hash     string   `json:"hash"`               // hex chain hash; a checkpoint's SHA-256
+	Original string   `json:"original"`           // the canonical bytes
+	Dataset  string   `json:"dataset"`            // vigil.audit
 	Reason   string   `json:"reason,omitempty"`
 	// Duration is the command's duration in nanoseconds (results only).
 	Duration int64 `json:"duration,omitempty"`
@@ -65,8 +67,8 @@ type Endpoint struct {
 
 // Vigil is vigil.*: every event field ECS has no place for.
 type Vigil struct {
-	SessionID    string             `json:"session_id"`
-	PrevHash     string             `json:"prev_hash"`
+	SessionID    string             `json:"session_id,omitempty"`
+	PrevHash     string             `json:"prev_hash,omitempty"`
 	Connection   string             `json:"connection,omitempty"`
 	Protocol     string             `json:"protocol,omitempty"`
 	Grant        string             `json:"grant,omitempty"`
@@ -74,15 +76,68 @@ type Vigil struct {
 	Database     string             `json:"database,omitempty"`
 	Identity     *identity.Identity `json:"identity,omitempty"`
 	Command      *audit.Command     `json:"command,omitempty"`
+	Decision     *audit.Decision    `json:"decision,omitempty"`
 	Result       *audit.Result      `json:"result,omitempty"`
+	Approval     *audit.Approval    `json:"approval,omitempty"`
 	Session      *audit.Session     `json:"session,omitempty"`
 	Reason       string             `json:"reason,omitempty"`
 	ReasonCode   string             `json:"reason_code,omitempty"`
+	Checkpoint   *Checkpoint        `json:"checkpoint,omitempty"`
+}
+
+// Checkpoint is vigil.checkpoint: the fields of a signed checkpoint, for
+// search. The signed bytes are in event.original, verbatim; the reader
+// decodes them, not these fields.
+type Checkpoint struct {
+	Seq       uint64       `json:"seq"`
+	Prev      string       `json:"prev"`
+	Key       string       `json:"key"`
+	Signature string       `json:"signature"`
+	Open      int          `json:"open"`
+	Final     bool         `json:"final,omitempty"`
+	Heads     []audit.Head `json:"heads"`
 }
 
 // DocumentID is the Elasticsearch _id of an event: "<session_id>:<seq>".
 func DocumentID(sessionID string, seq uint64) string {
 	return sessionID + ":" + strconv.FormatUint(seq, 10)
+}
+
+// CheckpointID is the Elasticsearch _id of a checkpoint:
+// "checkpoint:<key id>:<seq>". The key id (16 hex digits of SHA-256 over
+// the signer's key as written in the checkpoint) keeps apart the
+// checkpoints of several vigil replicas shipping into one data stream, each
+// with its own journal and key.
+func CheckpointID(cp *audit.Checkpoint) string {
+	sum := sha256.Sum256([]byte(cp.Key))
+	return "checkpoint:" + hex.EncodeToString(sum[:8]) + ":" + strconv.FormatUint(cp.Seq, 10)
+}
+
+// NewCheckpointDocument builds the document of one journal checkpoint.
+// event.original holds cp.Raw, the signed bytes, verbatim; event.hash is
+// their SHA-256, which the next checkpoint names as its prev.
+func NewCheckpointDocument(cp *audit.Checkpoint) (*Document, error) {
+	if len(cp.Raw) == 0 || cp.Seq == 0 {
+		return nil, fmt.Errorf("es: checkpoint at %s:%d has no signed bytes or seq",
+			cp.Segment, cp.Offset)
+	}
+	sum := sha256.Sum256(cp.Raw)
+	return &Document{
+		Timestamp: cp.Time.UTC(),
+		ECS:       ecs{Version: ECSVersion},
+		Event: Event{
+			Kind:     "state",
+			Type:     []string{"info"},
+			Action:   "checkpoint",
+			Outcome:  "success",
+			Sequence: cp.Seq,
+			Hash:     hex.EncodeToString(sum[:]),
+			Original: string(cp.Raw),
+			Dataset:  "vigil.audit",
+		},
+		Vigil: Vigil{Checkpoint: &Checkpoint{Seq: cp.Seq, Prev: cp.Prev, Key: cp.Key,
+			Signature: cp.Signature, Open: cp.Open, Final: cp.Final, Heads: cp.Heads}},
+	}, nil
 }
 
 // NewDocument builds the document of one journal record. It fails when the
@@ -120,7 +175,9 @@ func NewDocument(rec audit.Record) (*Document, *audit.Event, error) {
 			Database:     ev.Database,
 			Identity:     ev.Identity,
 			Command:      ev.Command,
+			Decision:     ev.Decision,
 			Result:       ev.Result,
+			Approval:     ev.Approval,
 			Session:      ev.Session,
 			Reason:       ev.Reason,
 			ReasonCode:   ev.ReasonCode,
@@ -152,7 +209,13 @@ func classify(ev *audit.Event) (category, typ []string, outcome string) {
 		}
 		return []string{"session"}, []string{"end"}, "success"
 	case audit.KindCommand:
-		return []string{"database"}, []string{"access"}, "unknown"
+		switch {
+		case ev.Decision == nil:
+			return []string{"database"}, []string{"access"}, "unknown"
+		case !ev.Decision.Allowed:
+			return []string{"database"}, []string{"access", "denied"}, "failure"
+		}
+		return []string{"database"}, []string{"access", "allowed"}, "unknown"
 	case audit.KindResult:
 		if ev.Result == nil {
 			return []string{"database"}, []string{"info"}, "unknown"
@@ -162,8 +225,12 @@ func classify(ev *audit.Event) (category, typ []string, outcome string) {
 			return []string{"database"}, []string{"info"}, "success"
 		case audit.StatusError:
 			return []string{"database"}, []string{"error"}, "failure"
+		case audit.StatusDenied:
+			return []string{"database"}, []string{"denied"}, "failure"
 		}
 		return []string{"database"}, []string{"info"}, "unknown"
+	case audit.KindApproval:
+		return []string{"iam"}, []string{"change"}, "unknown"
 	}
 	return []string{"session"}, []string{"info"}, "unknown"
 }

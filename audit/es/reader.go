@@ -46,9 +46,71 @@ type storedDoc struct {
 		Original string `json:"original"`
 	} `json:"event"`
 	Vigil struct {
-		SessionID string `json:"session_id"`
-		PrevHash  string `json:"prev_hash"`
+		SessionID  string `json:"session_id"`
+		PrevHash   string `json:"prev_hash"`
+		Checkpoint struct {
+			Signature string `json:"signature"`
+		} `json:"checkpoint"`
 	} `json:"vigil"`
+}
+
+// A search: its sort (unique per document, for search_after) and the
+// source fields it needs.
+var (
+	bySessionSeq = []any{map[string]any{"vigil.session_id": "asc"},
+		map[string]any{"event.sequence": "asc"}}
+	byCheckpoint = []any{map[string]any{"@timestamp": "asc"},
+		map[string]any{"vigil.checkpoint.key": "asc"}, map[string]any{"event.sequence": "asc"}}
+	eventFields = []string{"event.hash", "event.original", "vigil.session_id",
+		"vigil.prev_hash"}
+)
+
+// The Reader is the Elasticsearch side of `vigil audit verify`.
+var _ audit.Source = (*Reader)(nil)
+
+// Sessions returns the id of every session with a stored event, sorted.
+//
+// TODO(es): this pages through every event's session id; a composite
+// aggregation on vigil.session_id would return only the ids (the test
+// double does not answer aggregations yet).
+func (r *Reader) Sessions(ctx context.Context) ([]string, error) {
+	var ids []string
+	q := map[string]any{"exists": map[string]any{"field": "vigil.session_id"}}
+	err := r.scan(ctx, q, bySessionSeq, []string{"vigil.session_id"},
+		func(_ string, d *storedDoc) error {
+			if n := len(ids); n == 0 || ids[n-1] != d.Vigil.SessionID {
+				ids = append(ids, d.Vigil.SessionID)
+			}
+			return nil
+		})
+	return ids, err
+}
+
+// Records returns one session's records in seq order (ReadRecords).
+func (r *Reader) Records(ctx context.Context, session string) ([]audit.Record, error) {
+	return r.ReadRecords(ctx, session)
+}
+
+// Checkpoints returns every stored checkpoint, oldest first, decoded from
+// the signed bytes in event.original (Raw holds them verbatim) with the
+// signature from vigil.checkpoint.signature. Segment and Offset stay
+// empty: the order of documents in the data stream is not the journal's
+// (retries and rollovers reorder them), so Verify must not compare places.
+func (r *Reader) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error) {
+	var out []audit.Checkpoint
+	q := map[string]any{"term": map[string]any{"event.action": "checkpoint"}}
+	err := r.scan(ctx, q, byCheckpoint, []string{"event.original",
+		"vigil.checkpoint.signature"}, func(index string, d *storedDoc) error {
+		raw := json.RawMessage(d.Event.Original)
+		var cp audit.Checkpoint
+		if err := json.Unmarshal(raw, &cp); err != nil {
+			return fmt.Errorf("es: checkpoint in %s: %w", index, err)
+		}
+		cp.Raw, cp.Signature = raw, d.Vigil.Checkpoint.Signature
+		out = append(out, cp)
+		return nil
+	})
+	return out, err
 }
 
 // ReadRecords returns one session's records in seq order, as
@@ -58,7 +120,7 @@ type storedDoc struct {
 func (r *Reader) ReadRecords(ctx context.Context, sessionID string) ([]audit.Record, error) {
 	q := map[string]any{"term": map[string]any{"vigil.session_id": sessionID}}
 	var out []audit.Record
-	err := r.scan(ctx, q, func(index string, d *storedDoc) error {
+	err := r.scan(ctx, q, bySessionSeq, eventFields, func(index string, d *storedDoc) error {
 		out = append(out, audit.Record{Hash: d.Event.Hash, Prev: d.Vigil.PrevHash,
 			Event: json.RawMessage(d.Event.Original), Segment: index,
 			Offset: int64(len(out) + 1)})
@@ -100,10 +162,11 @@ func (r *Reader) ReadSession(ctx context.Context, sessionID string) ([]audit.Eve
 func (r *Reader) ReadSessions(ctx context.Context, f audit.Filter) ([]audit.SessionSummary,
 	error) {
 	ids := map[string]bool{}
-	err := r.scan(ctx, sessionQuery(f), func(_ string, d *storedDoc) error {
-		ids[d.Vigil.SessionID] = true
-		return nil
-	})
+	err := r.scan(ctx, sessionQuery(f), bySessionSeq, []string{"vigil.session_id"},
+		func(_ string, d *storedDoc) error {
+			ids[d.Vigil.SessionID] = true
+			return nil
+		})
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +178,7 @@ func (r *Reader) ReadSessions(ctx context.Context, f audit.Filter) ([]audit.Sess
 	byID := map[string]*audit.SessionSummary{}
 	for chunk := range slices.Chunk(list, 500) {
 		q := map[string]any{"terms": map[string]any{"vigil.session_id": chunk}}
-		err := r.scan(ctx, q, func(_ string, d *storedDoc) error {
+		err := r.scan(ctx, q, bySessionSeq, eventFields, func(_ string, d *storedDoc) error {
 			var ev audit.Event
 			if err := json.Unmarshal([]byte(d.Event.Original), &ev); err != nil {
 				return fmt.Errorf("es: session %s: %w", d.Vigil.SessionID, err)
@@ -249,20 +312,18 @@ func identityIs(id *identity.Identity, want string) bool {
 	return false
 }
 
-// scan runs query over the data stream, sorted by session and seq, page by
-// page with search_after, and calls fn for every hit. A data stream that
-// does not exist yet holds nothing.
-func (r *Reader) scan(ctx context.Context, query map[string]any,
+// scan runs query over the data stream in the order of sort, page by page
+// with search_after, and calls fn for every hit with the fields named. A
+// data stream that does not exist yet holds nothing.
+func (r *Reader) scan(ctx context.Context, query map[string]any, sort []any, fields []string,
 	fn func(index string, d *storedDoc) error) error {
 	var after []any
 	for {
 		body := map[string]any{
-			"query": query,
-			"size":  r.pageSize,
-			"sort": []any{map[string]any{"vigil.session_id": "asc"},
-				map[string]any{"event.sequence": "asc"}},
-			"_source": []string{"event.hash", "event.original", "vigil.session_id",
-				"vigil.prev_hash"},
+			"query":   query,
+			"size":    r.pageSize,
+			"sort":    sort,
+			"_source": fields,
 		}
 		if after != nil {
 			body["search_after"] = after

@@ -16,6 +16,8 @@ import (
 	"github.com/elastic/go-elasticsearch/v8"
 	"github.com/elastic/go-elasticsearch/v8/esapi"
 	"github.com/elastic/go-elasticsearch/v8/esutil"
+
+	"github.com/vigilaudit/vigil/audit"
 )
 
 // DefaultDataStream is where events go unless configured otherwise.
@@ -64,15 +66,21 @@ type Options struct {
 	// attempt number (from 1) and the failure being retried. It runs on the
 	// shipping goroutine and must not block.
 	OnRetry func(attempt int, err error)
+	// Include, when set, selects the events to ship; the cursor moves over
+	// the others without sending them. Checkpoints are always shipped.
+	Include func(ev *audit.Event) bool
 }
 
 // Stats is the export's progress, as Lag reports it.
 type Stats struct {
 	// Cursor is the durable position: everything before it is stored.
 	Cursor Cursor
-	// Shipped counts events acknowledged (201, or 409 already stored) since
-	// the Shipper started.
+	// Shipped counts events and checkpoints acknowledged (201, or 409
+	// already stored) since the Shipper started.
 	Shipped uint64
+	// Skipped counts events Options.Include left out since the Shipper
+	// started.
+	Skipped uint64
 	// Behind counts events read from the journal and not yet acknowledged.
 	// When More is set the read-ahead is full and more are waiting.
 	Behind int
@@ -146,6 +154,10 @@ type Shipper struct {
 	mu    sync.Mutex // guards stats
 	stats Stats
 
+	// Set by Start: stop ends Run, done is closed when it has returned.
+	stop context.CancelFunc
+	done chan struct{}
+
 	// Owned by the shipping goroutine.
 	cur     cursorFile
 	readPos Cursor
@@ -159,7 +171,8 @@ type pending struct {
 	id   string
 	body []byte
 	time time.Time
-	err  error // the record is not a valid event
+	skip bool  // left out by Options.Include
+	err  error // the line is damaged or not a valid event
 }
 
 // outcome is what one attempt made of one item.
@@ -231,8 +244,17 @@ func (s *Shipper) Lag() Stats {
 	return s.stats
 }
 
-// Close stops the bulk indexer. The cursor is already durable.
+// Close stops the shipping goroutine Start began, waiting for it, and
+// stops the bulk indexer. The cursor is already durable. Close on a nil
+// *Shipper (export not configured) does nothing.
 func (s *Shipper) Close(ctx context.Context) error {
+	if s == nil {
+		return nil
+	}
+	if s.stop != nil {
+		s.stop()
+		<-s.done
+	}
 	if err := s.bi.Close(ctx); err != nil {
 		return fmt.Errorf("es: close bulk indexer: %w", err)
 	}
@@ -240,9 +262,9 @@ func (s *Shipper) Close(ctx context.Context) error {
 }
 
 // Run ships until ctx ends, polling the journal every PollInterval. A
-// blocked cursor is logged at Error and retried every MaxBackoff. Run
-// returns nil when ctx ends, or the error of the cursor file (the one
-// failure it cannot work around).
+// blocked cursor, and a failure to read the journal or write the cursor
+// file, is logged at Error and retried every MaxBackoff. Run returns nil
+// when ctx ends.
 func (s *Shipper) Run(ctx context.Context) error {
 	s.log.Info("elasticsearch export started", "segment", s.cur.Cursor.Segment,
 		"offset", s.cur.Cursor.Offset)
@@ -261,7 +283,9 @@ func (s *Shipper) Run(ctx context.Context) error {
 				"action", operatorAction(err))
 			wait = s.opts.MaxBackoff
 		case err != nil:
-			return err
+			s.log.Error("elasticsearch export cannot read the journal or write its cursor; "+
+				"retrying", "err", err)
+			wait = s.opts.MaxBackoff
 		}
 		s.maybeLogLag(false)
 		t := time.NewTimer(wait)
@@ -321,19 +345,36 @@ func (s *Shipper) fill() error {
 		return fmt.Errorf("es: read journal: %w", err)
 	}
 	for _, r := range recs {
-		p := pending{rec: r}
-		doc, ev, err := NewDocument(r.Record)
-		if err != nil {
-			p.err = err
-		} else {
-			p.id, p.time = DocumentID(ev.SessionID, ev.Seq), ev.Time
-			p.body, p.err = json.Marshal(doc)
-		}
-		s.buf = append(s.buf, p)
+		s.buf = append(s.buf, s.prepare(r))
 		s.readPos = r.Next
 	}
 	s.updateBehind(len(recs) == room)
 	return nil
+}
+
+// prepare builds the document of one journal line.
+func (s *Shipper) prepare(r Record) pending {
+	p := pending{rec: r, id: fmt.Sprintf("%s@%d", r.Segment, r.Offset)}
+	var doc *Document
+	switch {
+	case r.Err != nil:
+		p.err = fmt.Errorf("journal line %s: %w", p.id, r.Err)
+		return p
+	case r.Checkpoint != nil:
+		p.id, p.time = CheckpointID(r.Checkpoint), r.Checkpoint.Time
+		doc, p.err = NewCheckpointDocument(r.Checkpoint)
+	default:
+		var ev *audit.Event
+		doc, ev, p.err = NewDocument(r.Record)
+		if p.err == nil {
+			p.id, p.time = DocumentID(ev.SessionID, ev.Seq), ev.Time
+			p.skip = s.opts.Include != nil && !s.opts.Include(ev)
+		}
+	}
+	if p.err == nil && !p.skip {
+		p.body, p.err = json.Marshal(doc)
+	}
+	return p
 }
 
 func (s *Shipper) updateBehind(more bool) {
@@ -352,8 +393,11 @@ func (s *Shipper) shipBatch(ctx context.Context) error {
 	n := min(len(s.buf), s.opts.BatchSize)
 	state := make([]outcome, n)
 	for i := range state {
-		if err := s.buf[i].err; err != nil {
-			state[i] = outcome{fatal, &ItemError{ID: s.buf[i].id, Reason: err.Error()}}
+		switch p := &s.buf[i]; {
+		case p.err != nil:
+			state[i] = outcome{fatal, &ItemError{ID: p.id, Reason: p.err.Error()}}
+		case p.skip:
+			state[i] = outcome{state: done}
 		}
 	}
 	attempt := 0
@@ -404,10 +448,12 @@ func (s *Shipper) send(ctx context.Context, items []pending, state []outcome) er
 		state[i] = o
 		mu.Unlock()
 	}
+	sent := false
 	for i := range items {
 		if state[i].state == done || state[i].state == fatal {
 			continue
 		}
+		sent = true
 		state[i] = outcome{retry, errors.New("es: no answer for the item")}
 		err := s.bi.Add(ctx, esutil.BulkIndexerItem{
 			Action:     "create",
@@ -425,6 +471,9 @@ func (s *Shipper) send(ctx context.Context, items []pending, state []outcome) er
 		if err != nil {
 			return fmt.Errorf("es: queue event %s: %w", items[i].id, err)
 		}
+	}
+	if !sent {
+		return nil
 	}
 	if err := s.bi.Flush(ctx); err != nil {
 		return fmt.Errorf("es: flush: %w", err)
@@ -461,8 +510,15 @@ func (s *Shipper) classify(id string, res esutil.BulkIndexerResponseItem, err er
 
 // commit moves the durable cursor over the first k buffered records.
 func (s *Shipper) commit(k int) error {
+	var skipped uint64
+	for _, p := range s.buf[:k] {
+		if p.skip {
+			skipped++
+		}
+	}
+	shipped := uint64(k) - skipped
 	s.cur.Cursor = s.buf[k-1].rec.Next
-	s.cur.Shipped += uint64(k)
+	s.cur.Shipped += shipped
 	s.cur.Updated = time.Now().UTC()
 	if err := saveCursor(s.path, s.cur); err != nil {
 		// Elasticsearch has the events; a later replay gets 409s.
@@ -471,7 +527,8 @@ func (s *Shipper) commit(k int) error {
 	s.buf = s.buf[k:]
 	s.mu.Lock()
 	s.stats.Cursor = s.cur.Cursor
-	s.stats.Shipped += uint64(k)
+	s.stats.Shipped += shipped
+	s.stats.Skipped += skipped
 	s.mu.Unlock()
 	s.updateBehind(s.stats.More)
 	return nil

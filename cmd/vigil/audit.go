@@ -20,11 +20,14 @@ import (
 // (--data, --json) are shared by every audit subcommand.
 var auditCmd = &cobra.Command{
 	Use:   "audit",
-	Short: "Read the audit journal: sessions and their commands",
+	Short: "Read and verify the audit journal: sessions and their commands",
 	Long: `Read the audit journal in audit.dir (or --data DIR), also while vigil is running.
 
   vigil audit sessions   one line per session, filtered by identity, connection and time
-  vigil audit show ID    every event of one session, in order`,
+  vigil audit show ID    every event of one session, in order
+  vigil audit verify     check hash chains and signed checkpoints: nothing edited,
+                         removed, reordered or added
+  vigil audit pubkey     the public key checkpoints are signed with`,
 }
 
 // auditOptions holds the flags of the audit commands.
@@ -35,6 +38,9 @@ type auditOptions struct {
 	connection string
 	since      string
 	until      string
+	// elasticsearch reads audit.elasticsearch instead of the journal
+	// (the flag is registered in elasticsearch.go).
+	elasticsearch bool
 }
 
 var auditFlags auditOptions
@@ -59,7 +65,7 @@ select the sessions that were open at some moment between them.`,
 		if f.Until, err = parseWhen(auditFlags.until, now); err != nil {
 			return fmt.Errorf("--until: %w", err)
 		}
-		ss, err := audit.ReadSessions(dir, f)
+		ss, err := readSessions(cmd, dir, f)
 		if err != nil {
 			return err
 		}
@@ -84,7 +90,7 @@ print the stored events, one JSON object per line, byte for byte as journaled.`,
 		}
 		out := cmd.OutOrStdout()
 		if auditFlags.json {
-			recs, err := audit.ReadRecords(dir, args[0])
+			recs, err := readRecords(cmd, dir, args[0])
 			if err != nil {
 				return err
 			}
@@ -95,7 +101,7 @@ print the stored events, one JSON object per line, byte for byte as journaled.`,
 			}
 			return nil
 		}
-		evs, err := audit.ReadSession(dir, args[0])
+		evs, err := readSession(cmd, dir, args[0])
 		if err != nil {
 			return err
 		}
@@ -206,6 +212,8 @@ func writeSession(w io.Writer, evs []audit.Event) error {
 		case audit.KindAuthFailed:
 			ew.printf("%5d  %s  %-11s %s\n", ev.Seq, stamp(ev.Time), "auth_failed",
 				reasonText(ev.Reason, ev.ReasonCode))
+		case audit.KindApproval:
+			writeApproval(ew, ev)
 		case audit.KindSessionStart, audit.KindSessionEnd, audit.KindResult:
 		default:
 			ew.printf("%5d  %s  %-11s %s\n", ev.Seq, stamp(ev.Time), ev.Kind, ev.Reason)
@@ -330,6 +338,45 @@ func writeCommand(ew *errWriter, ev audit.Event, r *audit.Result) {
 	} else if c.ParameterCount > 0 {
 		ew.printf("%s%d parameters (values not recorded)\n", indent, c.ParameterCount)
 	}
+	if d := ev.Decision; d != nil && (len(d.Rules) > 0 || d.Hold || !d.Allowed) {
+		verdict := "allowed"
+		if !d.Allowed {
+			verdict = "denied"
+		}
+		if d.Hold {
+			verdict += ", held for approval"
+		}
+		ew.printf("%spolicy: %s by %s (revision %s)\n", indent, verdict,
+			dash(strings.Join(d.Rules, ", ")), dash(d.Revision))
+	}
+	if r != nil {
+		for _, m := range r.Masked {
+			ew.printf("%smasked: %s, %d values (%s, %s)\n", indent, m.Column, m.Values,
+				m.Rule, m.Strategy)
+		}
+	}
+}
+
+// writeApproval prints one step of a command's approval.
+func writeApproval(ew *errWriter, ev audit.Event) {
+	a := ev.Approval
+	if a == nil {
+		return
+	}
+	line := fmt.Sprintf("%s of command %d", a.Step, a.Command)
+	if a.Actor != nil {
+		line += " by " + a.Actor.Principal()
+	}
+	if len(a.Approvers) > 0 {
+		line += ", approvers " + strings.Join(a.Approvers, " or ")
+	}
+	if a.Reason != "" {
+		line += ": " + a.Reason
+	}
+	if a.RequestID != "" {
+		line += " [request " + a.RequestID + "]"
+	}
+	ew.printf("%5d  %s  %-11s %s\n", ev.Seq, stamp(ev.Time), "approval", line)
 }
 
 // formatParams renders $1=... $2=...: NULL, binary values as their hex, text

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vigilaudit/vigil/audit"
+	"github.com/vigilaudit/vigil/config"
 )
 
 // verifyOptions holds the flags of `vigil audit verify` and `pubkey`.
@@ -113,6 +114,19 @@ func runVerify(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	opts := audit.VerifyOptions{Session: verifyFlags.session}
+	if auditFlags.elasticsearch {
+		// Elasticsearch holds the sessions of connections with
+		// export: siem only.
+		cfg, err := config.Load(flagConfig)
+		if err != nil {
+			return err
+		}
+		for _, cn := range cfg.Connections {
+			if cn.Export == "siem" {
+				opts.Connections = append(opts.Connections, cn.Name)
+			}
+		}
+	}
 	if verifyFlags.pubkey != "" {
 		b, err := os.ReadFile(verifyFlags.pubkey)
 		if err != nil {

@@ -24,7 +24,8 @@ protocol, and records every command in a tamper-evident journal.
 
   vigil gateway --config vigil.yaml    standalone listeners + processor + journal
   vigil extproc --config vigil.yaml    gRPC service for Envoy
-  vigil audit sessions | show | verify read the journal
+  vigil audit sessions | show | verify read the journal (or Elasticsearch)
+  vigil elasticsearch setup            index template, ILM policy, Kibana objects
   vigil dev issuer | token             a local Entra-shaped issuer for trials and tests`,
 	SilenceUsage:  true,
 	SilenceErrors: true,

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/vigilaudit/vigil/audit"
+	"github.com/vigilaudit/vigil/audit/es"
 	"github.com/vigilaudit/vigil/config"
 	"github.com/vigilaudit/vigil/extproc"
 	"github.com/vigilaudit/vigil/extproc/postgres"
@@ -48,6 +49,7 @@ type App struct {
 	health *health.Server
 	policy *policy.Engine // nil with policy mode off
 	store  approvals.Store
+	export *es.Shipper // nil without an Elasticsearch export
 }
 
 // Options tune New; the zero value is what the CLI uses.
@@ -110,8 +112,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	return &App{Config: cfg, Journal: j, Log: log, grpc: g, health: hs, policy: engine,
-		Approvals: svc, store: store}, nil
+	a := &App{Config: cfg, Journal: j, Log: log, grpc: g, health: hs, policy: engine,
+		Approvals: svc, store: store}
+
+	// The Elasticsearch export follows the journal until Close.
+	if a.export, err = startExport(ctx, cfg, log); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
 }
 
 // approvalService builds the approvals service on the configured store.
@@ -186,6 +195,11 @@ func (a *App) Close() error {
 	}
 	if err := a.store.Close(); err != nil {
 		a.Log.Warn("approvals store close", "err", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.export.Close(ctx); err != nil {
+		a.Log.Warn("elasticsearch export close", "err", err)
 	}
 	return a.Journal.Close()
 }
@@ -345,6 +359,7 @@ func (a *App) StartHTTP(ctx context.Context) (string, error) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
+	mux.Handle("GET /export", a.export.Handler())
 	if a.Approvals != nil {
 		h := a.Approvals.Handler()
 		mux.Handle("/approvals/", h)

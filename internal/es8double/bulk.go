@@ -29,7 +29,6 @@ func (d *Double) bulk(rw *reply, r *http.Request, pathTarget string, body []byte
 		return
 	}
 	d.mu.Lock()
-	d.bulks++
 	if d.reqReject > 0 {
 		d.reqReject--
 		d.mu.Unlock()

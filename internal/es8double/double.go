@@ -19,7 +19,8 @@ import (
 type Options struct {
 	// APIKey, when set, is the one credential the double accepts: every
 	// request must carry "Authorization: ApiKey <APIKey>" (the encoded form
-	// the Go client sends), else it is answered 401 security_exception.
+	// the Go client sends; the scheme in any case), else it is answered 401
+	// security_exception.
 	APIKey string
 	// Now is the clock used for backing index names; time.Now when nil.
 	Now func() time.Time
@@ -104,7 +105,8 @@ func (d *Double) RejectItems(n int, target string) { d.with(func() { d.itemRej[t
 // SetLatency delays every response by l.
 func (d *Double) SetLatency(l time.Duration) { d.with(func() { d.latency = l }) }
 
-// BulkRequests returns how many bulk requests reached the double.
+// BulkRequests returns how many bulk requests reached the double, counting
+// those answered with a fault (503, whole-request 429).
 func (d *Double) BulkRequests() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -203,7 +205,12 @@ func (d *Double) route(rw *reply, r *http.Request, body []byte) {
 		rw.json(200, d.info())
 		return
 	}
+	// Count every bulk request that reaches the node, also those a fault
+	// knob answers (tests wait on the count while the cluster is down).
 	d.mu.Lock()
+	if parts[len(parts)-1] == "_bulk" {
+		d.bulks++
+	}
 	unavailable := d.down503
 	d.mu.Unlock()
 	if unavailable {
@@ -240,8 +247,11 @@ func (d *Double) authenticate(rw *reply, r *http.Request) bool {
 	if d.opts.APIKey == "" {
 		return true
 	}
+	// The scheme is case-insensitive (RFC 9110 11.1): the Go client sends
+	// "APIKey", Kibana and curl users "ApiKey".
 	got := r.Header.Get("Authorization")
-	if got == "ApiKey "+d.opts.APIKey {
+	scheme, cred, _ := strings.Cut(got, " ")
+	if strings.EqualFold(scheme, "ApiKey") && cred == d.opts.APIKey {
 		return true
 	}
 	reason := "missing authentication credentials for REST request [" + r.URL.RequestURI() + "]"
