@@ -9,12 +9,13 @@ FUZZTIME  ?= 20s
 
 export PGTEST_BINDIR := $(PGBIN)
 
-.PHONY: help deps build test vet demo bench fuzz clean
+.PHONY: help deps build test vet proto demo bench fuzz clean
 
 help:
 	@echo "make deps   install what the tests need (PostgreSQL 15, C compiler; Debian 12, as root)"
 	@echo "make build  build bin/vigil"
 	@echo "make test   deps, go vet and go test of every package"
+	@echo "make proto  regenerate the Go code of proto/ (installs protoc-gen-go[-grpc] in bin/)"
 	@echo "make demo   a throwaway PostgreSQL, dev issuer and gateway; one psql session; its audit"
 	@echo "make bench  pgbench directly and through vigil gateway, with the ratio"
 	@echo "make fuzz   short runs of every Fuzz* target (FUZZTIME=$(FUZZTIME) each)"
@@ -29,11 +30,15 @@ build:
 vet:
 	$(GO) vet ./...
 
+proto:
+	@GO=$(GO) sh proto/gen.sh
+
 # PGTEST_REQUIRE makes internal/pgtest fail instead of skip when PostgreSQL
-# is missing, so a CI run never passes by skipping.
+# is missing, and PROTO_REQUIRE the generated-code check in proto/ when
+# protoc or its plugins are, so a CI run never passes by skipping.
 test: deps
 	$(GO) vet ./...
-	PGTEST_REQUIRE=1 $(GO) test -timeout $(TEST_TIMEOUT) ./...
+	PGTEST_REQUIRE=1 PROTO_REQUIRE=1 $(GO) test -timeout $(TEST_TIMEOUT) ./...
 
 demo: deps build
 	@bash test/demo/demo.sh

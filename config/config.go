@@ -8,6 +8,9 @@
 //
 // Secrets are never held in the Config itself: a Credential names a file or
 // an environment variable, and Credential.Secret reads it when needed.
+// Load never reads them, since auditors load the same file without access
+// to them; Config.CheckSecrets reads them once, for the commands that log
+// in upstream.
 package config
 
 import (
@@ -103,6 +106,10 @@ type Connection struct {
 	Credential Credential `yaml:"credential"`
 	// Access lists the grants that may use this connection.
 	Access Grants `yaml:"access"`
+	// MaxPendingLogins bounds the logins in progress (startup received,
+	// token not yet checked), each holding an upstream backend; 0 means
+	// DefaultMaxPendingLogins.
+	MaxPendingLogins int `yaml:"max_pending_logins"`
 	// Record is "full" (statements and parameters) or "statements".
 	Record string `yaml:"record"`
 	// Export names where the audit events of this connection are shipped:
@@ -148,6 +155,18 @@ const (
 	TLSVerifyFull = "verify-full"
 )
 
+// DefaultMaxPendingLogins is a connection's default limit of logins in
+// progress: well under PostgreSQL's default max_connections of 100.
+const DefaultMaxPendingLogins = 32
+
+// PendingLoginLimit is the connection's limit of logins in progress.
+func (c *Connection) PendingLoginLimit() int {
+	if c.MaxPendingLogins > 0 {
+		return c.MaxPendingLogins
+	}
+	return DefaultMaxPendingLogins
+}
+
 // RecordParameters reports whether parameter values are written to the audit.
 func (c *Connection) RecordParameters() bool { return c.Record != RecordStatements }
 
@@ -180,21 +199,65 @@ const (
 
 // Secret reads the stored password. The value must never be logged.
 func (c *Credential) Secret() (Secret, error) {
+	s, err := c.read()
+	if err != nil {
+		return "", fmt.Errorf("config: credential %w", err)
+	}
+	return s, nil
+}
+
+// read reads the stored password; its errors start with the key that
+// named the secret (password_file or password_env).
+func (c *Credential) read() (Secret, error) {
 	switch {
 	case c.PasswordFile != "":
 		b, err := os.ReadFile(c.PasswordFile)
 		if err != nil {
-			return "", fmt.Errorf("config: credential password_file: %w", err)
+			return "", fmt.Errorf("password_file: %w", err)
 		}
 		return Secret(strings.TrimRight(string(b), "\r\n")), nil
 	case c.PasswordEnv != "":
 		v, ok := os.LookupEnv(c.PasswordEnv)
 		if !ok {
-			return "", fmt.Errorf("config: credential password_env: %s is not set", c.PasswordEnv)
+			return "", fmt.Errorf("password_env: %s is not set", c.PasswordEnv)
 		}
 		return Secret(v), nil
 	}
 	return "", nil
+}
+
+// NeedsSecret reports whether vigil logs in upstream with a stored
+// password: auth password, md5 or scram-sha-256.
+func (c *Credential) NeedsSecret() bool {
+	return c.Auth == AuthPassword || c.Auth == AuthMD5 || c.Auth == AuthSCRAM
+}
+
+// CheckSecrets reads the stored password of every connection that logs in
+// with one, and returns every credential that cannot be read, each naming
+// the file, the connection and the key. The values are dropped at once.
+//
+// `vigil gateway` and `vigil extproc` call it (through app.New) so that a
+// missing password_file or an unset password_env stops them at start-up
+// rather than at the first login. Load does not: auditors and approvers
+// read the same file without access to the secrets.
+func (c *Config) CheckSecrets() error {
+	var errs []error
+	for i := range c.Connections {
+		cn := &c.Connections[i]
+		if !cn.Credential.NeedsSecret() {
+			continue
+		}
+		if _, err := cn.Credential.read(); err != nil {
+			errs = append(errs, fmt.Errorf("connections[%d] (%s).credential.%w", i, cn.Name, err))
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	if c.Path != "" {
+		return fmt.Errorf("config: %s: %w", c.Path, errors.Join(errs...))
+	}
+	return fmt.Errorf("config: %w", errors.Join(errs...))
 }
 
 // Secret is a password or key. Its LogValue redacts it.
@@ -301,7 +364,9 @@ type Kibana struct {
 type Server struct {
 	// GRPC is the ext_proc listener for Envoy.
 	GRPC string `yaml:"grpc"`
-	// HTTP serves health, metrics and the approvals API.
+	// HTTP serves GET /healthz, GET /export (the Elasticsearch export's
+	// lag, JSON), the approvals API under /api/approvals and the approvals
+	// page at /approvals/.
 	HTTP string `yaml:"http"`
 }
 

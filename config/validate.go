@@ -36,6 +36,8 @@ func (c *Config) Validate() error {
 	case "oidc":
 		if id.Issuer == "" {
 			bad("identity.issuer", "provider oidc needs the issuer URL")
+		} else {
+			validateKeyURL("identity.issuer", id.Issuer, "https://idp.example.com", bad)
 		}
 	default:
 		bad("identity.provider", "%q: want entra or oidc", id.Provider)
@@ -62,10 +64,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	if id.Authority != "" {
-		if u, err := url.Parse(id.Authority); err != nil || u.Host == "" {
-			bad("identity.authority", "%q: want a URL such as https://login.microsoftonline.com",
-				id.Authority)
-		}
+		validateKeyURL("identity.authority", id.Authority, "https://login.microsoftonline.com",
+			bad)
 	}
 	if time.Duration(id.ClockSkew) < 0 || time.Duration(id.ClockSkew) > maxClockSkew {
 		bad("identity.clock_skew", "%s: want between 0s and %s",
@@ -152,8 +152,7 @@ func (c *Config) validateConnection(cn *Connection, key string, bad func(string,
 	if cr.Auth != AuthPassthrough && cr.Auth != "" && cr.User == "" {
 		bad(key+".credential.user", "want the upstream user vigil logs in as")
 	}
-	needsSecret := cr.Auth == AuthPassword || cr.Auth == AuthMD5 || cr.Auth == AuthSCRAM
-	if needsSecret && cr.PasswordFile == "" && cr.PasswordEnv == "" {
+	if cr.NeedsSecret() && cr.PasswordFile == "" && cr.PasswordEnv == "" {
 		bad(key+".credential", "auth %s needs password_file or password_env", cr.Auth)
 	}
 	if cr.PasswordFile != "" && cr.PasswordEnv != "" {
@@ -205,6 +204,21 @@ func (c *Config) validateTLS(cn *Connection, key string, bad func(string, string
 		bad(key+".upstream_tls.mode", "disable: auth %s sends the secret in clear to %s; use "+
 			"require or verify-full, or insecure_plaintext: true on a closed test network",
 			cn.Credential.Auth, cn.Upstream)
+	}
+}
+
+// validateKeyURL checks a URL that token signing keys are fetched from:
+// http or https with a host, and https unless the host is this machine,
+// since whoever can change keys in transit can forge every token.
+func validateKeyURL(key, raw, example string, bad func(string, string, ...any)) {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		bad(key, "%q: want an http or https URL such as %s", raw, example)
+	case u.Scheme == "http" && !IsLoopback(u.Hostname()):
+		bad(key, "%q: signing keys would be fetched over plaintext from another machine, "+
+			"where anyone on the path could swap them; use https (http is for loopback only)",
+			raw)
 	}
 }
 

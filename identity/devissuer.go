@@ -38,7 +38,24 @@ const (
 	DevClientID = "deadbeef-0000-4000-8000-0000000000c1"
 	// DevObjectID is the caller's object id (oid) by default.
 	DevObjectID = "deadbeef-0000-4000-8000-0000000000f1"
+	// AzureCLIClientID is the Azure CLI's client id: the azp (appid) of
+	// the tokens people get with `az account get-access-token`, and the
+	// dev issuer's default for user tokens, so that a person is never
+	// taken for the agent's own application.
+	AzureCLIClientID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 )
+
+// DevUserObjectID is the default object id of a dev user token: a
+// GUID-shaped hash (RFC 9562 version 8) of who, the UPN (compared
+// lower-case) or else the display name. The same person always gets the
+// same id, and different people different ids.
+func DevUserObjectID(who string) string {
+	sum := sha256.Sum256([]byte("vigil-dev-user\x00" + who))
+	b := sum[:16]
+	b[6] = b[6]&0x0f | 0x80 // version 8
+	b[8] = b[8]&0x3f | 0x80 // RFC 9562 variant
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
 
 // devMIResourceID is the default xms_mirid of v1 (managed identity)
 // tokens.
@@ -249,9 +266,11 @@ type TokenSpec struct {
 	Tenant string `json:"tenant,omitempty"`
 	// Audience is aud; default DevAPIAppID for v2, DevAudience for v1.
 	Audience string `json:"audience,omitempty"`
-	// AppID is azp (v2) or appid (v1); default DevClientID.
+	// AppID is azp (v2) or appid (v1); default DevClientID, or
+	// AzureCLIClientID for a user token.
 	AppID string `json:"app_id,omitempty"`
-	// OID is the caller's object id; default DevObjectID.
+	// OID is the caller's object id; default DevObjectID, or for a user
+	// token DevUserObjectID of the UPN (lower-case) or else the Name.
 	OID string `json:"oid,omitempty"`
 	// Roles are app roles (omitted when empty, as Entra does).
 	Roles []string `json:"roles,omitempty"`
@@ -353,10 +372,19 @@ func (d *DevIssuer) shape(spec TokenSpec) (hdr, cl map[string]any, err error) {
 		exp = now.Add(spec.ExpiresIn)
 	}
 
+	// A user token is a person's, signed in through the Azure CLI: it
+	// must not share the agent's object id or application.
+	user := spec.Name != "" || spec.UPN != ""
+	oid, appID := or(spec.OID, DevObjectID), or(spec.AppID, DevClientID)
+	if user {
+		oid = or(spec.OID, DevUserObjectID(or(strings.ToLower(spec.UPN), spec.Name)))
+		appID = or(spec.AppID, AzureCLIClientID)
+	}
+
 	hdr = map[string]any{"typ": "JWT", "alg": "RS256", "kid": d.kid}
 	cl = map[string]any{
 		"tid": tid,
-		"oid": or(spec.OID, DevObjectID),
+		"oid": oid,
 		"iat": now.Unix(),
 		"nbf": nbf.Unix(),
 		"aio": opaque(48),
@@ -370,7 +398,6 @@ func (d *DevIssuer) shape(spec TokenSpec) (hdr, cl map[string]any, err error) {
 	if len(spec.Groups) > 0 {
 		cl["groups"] = spec.Groups
 	}
-	user := spec.Name != "" || spec.UPN != ""
 	cl["idtyp"] = "app"
 	if user {
 		cl["idtyp"] = "user"
@@ -386,7 +413,7 @@ func (d *DevIssuer) shape(spec TokenSpec) (hdr, cl map[string]any, err error) {
 		cl["ver"] = entraV1
 		cl["iss"], cl["idp"] = iss, iss
 		cl["aud"] = or(spec.Audience, DevAudience)
-		cl["appid"] = or(spec.AppID, DevClientID)
+		cl["appid"] = appID
 		cl["appidacr"] = "2"
 		cl["xms_tcdt"] = now.Add(-365 * 24 * time.Hour).Unix()
 		if !user {
@@ -402,7 +429,7 @@ func (d *DevIssuer) shape(spec TokenSpec) (hdr, cl map[string]any, err error) {
 		cl["ver"] = entraV2
 		cl["iss"] = "https://login.microsoftonline.com/" + tid + "/v2.0"
 		cl["aud"] = or(spec.Audience, DevAPIAppID)
-		cl["azp"] = or(spec.AppID, DevClientID)
+		cl["azp"] = appID
 		cl["azpacr"] = "1"
 		if spec.UPN != "" {
 			cl["preferred_username"] = spec.UPN

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -208,5 +209,52 @@ func TestDevKeyFile(t *testing.T) {
 	}
 	if _, err := NewDevIssuer("a/b"); err == nil {
 		t.Error("tenant with a slash accepted")
+	}
+}
+
+// TestUserTokenDefaults checks that a user token is a person's, signed in
+// through the Azure CLI, with an object id of its own, so that a person
+// minted to approve an agent's request is not taken for the agent; and
+// that agent tokens keep their defaults.
+func TestUserTokenDefaults(t *testing.T) {
+	e := newEnv(t)
+	guid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	claims := func(spec TokenSpec) (oid, app string) {
+		_, cl := decodeToken(t, e.mint(t, spec))
+		app, _ = cl["azp"].(string)
+		if spec.Version == "v1" {
+			app, _ = cl["appid"].(string)
+		}
+		oid, _ = cl["oid"].(string)
+		return oid, app
+	}
+
+	cases := []struct {
+		name     string
+		spec     TokenSpec
+		oid, app string
+	}{
+		{"agent v2", TokenSpec{}, DevObjectID, DevClientID},
+		{"agent v1", TokenSpec{Version: "v1"}, DevObjectID, DevClientID},
+		{"user by upn", TokenSpec{UPN: "dba@example.test"},
+			DevUserObjectID("dba@example.test"), AzureCLIClientID},
+		{"upn compared lower-case", TokenSpec{UPN: "DBA@Example.test", Name: "Dee"},
+			DevUserObjectID("dba@example.test"), AzureCLIClientID},
+		{"user by name, v1", TokenSpec{Version: "v1", Name: "Dee Bee"},
+			DevUserObjectID("Dee Bee"), AzureCLIClientID},
+		{"user with explicit ids", TokenSpec{UPN: "dba@example.test", OID: "o-1", AppID: "a-1"},
+			"o-1", "a-1"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if oid, app := claims(c.spec); oid != c.oid || app != c.app {
+				t.Errorf("oid %q app %q, want %q %q", oid, app, c.oid, c.app)
+			}
+		})
+	}
+
+	a, b := DevUserObjectID("a@example.test"), DevUserObjectID("b@example.test")
+	if !guid.MatchString(a) || a == b || a == DevObjectID {
+		t.Errorf("user object ids %q and %q: want distinct GUIDs", a, b)
 	}
 }

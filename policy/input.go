@@ -46,6 +46,9 @@ type CommandInput struct {
 	// SQL is the exact text the client sent.
 	SQL        string            `json:"sql"`
 	Parameters []audit.Parameter `json:"parameters,omitempty"`
+	// Function is the OID a fast-path FunctionCall names (message
+	// "function_call"); SQL is then empty.
+	Function uint32 `json:"function,omitempty"`
 	// Statements are the parsed statements of SQL, in order (Analyze).
 	Statements []Statement `json:"statements"`
 	// ParseError is set, to the parser's message, when SQL could not be

@@ -2,7 +2,8 @@
 # Installs what vigil's tests, demo and bench need on Debian 12, when it is
 # missing: PostgreSQL 15 (server, psql, pgbench), a C compiler for
 # pg_query_go's cgo build, Chromium for the approvals page's browser test,
-# and, when run as root, the unprivileged user
+# protoc and its Go plugins (in bin/) for the test that the generated code
+# in proto/ is current, and, when run as root, the unprivileged user
 # "vigiltest" that throwaway clusters run as (PostgreSQL refuses root).
 # Quiet and quick when everything is present. Usage: deps.sh [PGBIN]
 set -eu
@@ -13,6 +14,7 @@ pkgs=""
 [ -x "$pgbin/psql" ] || pkgs="$pkgs postgresql-client-15"
 command -v cc >/dev/null 2>&1 || pkgs="$pkgs gcc libc6-dev"
 command -v chromium >/dev/null 2>&1 || pkgs="$pkgs chromium"
+command -v protoc >/dev/null 2>&1 || pkgs="$pkgs protobuf-compiler"
 
 if [ -n "$pkgs" ]; then
 	if [ "$(id -u)" -eq 0 ]; then
@@ -35,6 +37,7 @@ if ! command -v go >/dev/null 2>&1; then
 	echo "deps: the Go toolchain (version in go.mod) is not on PATH" >&2
 	exit 1
 fi
+sh "$(dirname "$0")/../proto/gen.sh" tools
 
 if [ "$(id -u)" -eq 0 ] && ! id vigiltest >/dev/null 2>&1; then
 	useradd --system --no-create-home --home-dir /nonexistent \

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -304,5 +306,67 @@ func TestPgbenchPreparedUnderDefaultPolicy(t *testing.T) {
 	}
 	if n := e.customers(t); n != 3 {
 		t.Fatalf("%d customers left after pgbench", n)
+	}
+}
+
+// TestFunctionCallJudged: the fast-path FunctionCall message (libpq's
+// large-object calls; psql's \lo_import) is judged like SQL. The default
+// policy refuses it to agents: nothing is created, the session goes on
+// and the refusal is recorded. A person's token may use it.
+func TestFunctionCallJudged(t *testing.T) {
+	e := startEnv(t, envOptions{policy: "enforce"})
+	file := filepath.Join(t.TempDir(), "blob")
+	if err := os.WriteFile(file, []byte("large object"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Dir(file), 0o755)
+	largeObjects := func() int {
+		conn, err := pgx.Connect(context.Background(), e.pg.SocketDSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		var n int
+		if err := conn.QueryRow(context.Background(),
+			"SELECT count(*) FROM pg_largeobject_metadata").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	out, stderr, err := psql(t, e.addr, "agent", e.token(t, identity.TokenSpec{}), "postgres",
+		"", "-c", `\lo_import `+file, "-c", "SELECT 7 AS after")
+	if err == nil && !strings.Contains(stderr, "fast-path function call") {
+		t.Fatalf("agent's \\lo_import: want the fast-path refusal; got %v\n%s%s", err, out, stderr)
+	}
+	if !strings.Contains(stderr, "fast-path function call") {
+		t.Errorf("agent's \\lo_import error does not name the rule:\n%s", stderr)
+	}
+	if n := largeObjects(); n != 0 {
+		t.Errorf("%d large objects exist after the agent's refused \\lo_import", n)
+	}
+	var fn, deniedFn int
+	for _, c := range commands(t, e.lastSession(t)) {
+		if c.cmd.Command.Message == "function_call" {
+			fn++
+			if c.res != nil && c.res.Status == audit.StatusDenied {
+				deniedFn++
+			}
+		}
+	}
+	if fn == 0 || deniedFn != fn {
+		t.Errorf("%d function calls recorded, %d denied; want at least one, all denied", fn,
+			deniedFn)
+	}
+
+	// A person (a user token, not an agent) with the same role may.
+	person := e.token(t, identity.TokenSpec{Name: "Pat", UPN: "pat@example.com",
+		OID: "5a1c0e7e-0000-4000-8000-0000000000a7"})
+	out, stderr, err = psql(t, e.addr, "agent", person, "postgres", "", "-c", `\lo_import `+file)
+	if err != nil || !strings.Contains(out, "lo_import") {
+		t.Fatalf("person's \\lo_import: %v\n%s%s", err, out, stderr)
+	}
+	if n := largeObjects(); n != 1 {
+		t.Errorf("%d large objects after the person's \\lo_import; want 1", n)
 	}
 }

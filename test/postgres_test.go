@@ -6,6 +6,7 @@ package test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -437,6 +438,12 @@ func TestRefusedTokens(t *testing.T) {
 			if evs[0].Kind != audit.KindAuthFailed || evs[0].ReasonCode != c.code {
 				t.Errorf("first event %+v, want auth_failed %s", evs[0], c.code)
 			}
+			// Which grant would let a caller in is for the audit, not for it.
+			if c.code == "no_grant" && (strings.Contains(stderr, agentRole) ||
+				!strings.Contains(evs[0].Reason, "wants role:"+agentRole)) {
+				t.Errorf("psql said %q, audit %q; want the wanted grant in the audit only",
+					stderr, evs[0].Reason)
+			}
 			for _, ev := range evs {
 				if ev.Kind == audit.KindCommand {
 					t.Errorf("a command was recorded for a refused login: %+v", ev.Command)
@@ -561,5 +568,140 @@ func TestPipelineErrorBeforeRestOfBatch(t *testing.T) {
 		if cs[i].cmd.Command.SQL != w.sql || cs[i].res.Status != w.status {
 			t.Errorf("command %d: %q %s, want %+v", i+1, cs[i].cmd.Command.SQL, cs[i].res.Status, w)
 		}
+	}
+}
+
+// TestPendingLoginsBounded: clients that send a startup and never their
+// token each hold an upstream backend; past max_pending_logins vigil
+// refuses further logins with an error that says why, and once those
+// clients go, logins work again.
+func TestPendingLoginsBounded(t *testing.T) {
+	e := startEnv(t, envOptions{connYAML: func(testing.TB, *pgtest.Cluster) string {
+		return "    max_pending_logins: 3\n"
+	}})
+	var silent []*rawConn
+	for range 3 {
+		r := dialRaw(t, e.addr)
+		b, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+			Parameters: map[string]string{"user": "agent", "database": "postgres"}}).Encode(nil)
+		r.writeIn(b, len(b))
+		// The server's password request arrives: the login is in progress.
+		r.until(func(m pgproto3.BackendMessage) bool {
+			_, ok := m.(*pgproto3.AuthenticationCleartextPassword)
+			return ok
+		})
+		silent = append(silent, r)
+	}
+	tok := e.token(t, identity.TokenSpec{})
+	_, stderr, err := psql(t, e.addr, "agent", tok, "postgres", "", "-c", "SELECT 1")
+	if err == nil || !strings.Contains(stderr, "too many logins are in progress") {
+		t.Fatalf("a fourth login while three wait: %v\n%s; want the limit named", err, stderr)
+	}
+	for _, r := range silent {
+		r.c.Close()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, stderr, err := psql(t, e.addr, "agent", tok, "postgres", "", "-c", "SELECT 1")
+		if err == nil && strings.Contains(out, "1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("logins still refused 30s after the silent clients left: %v\n%s", err, stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestMessagesOverFourMegabytes: a statement and a row larger than gRPC's
+// default message limit pass whole, both ways, and are recorded.
+func TestMessagesOverFourMegabytes(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	conn, err := pgx.Connect(context.Background(), e.vigilDSN(e.token(t, identity.TokenSpec{}),
+		"postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	big := strings.Repeat("x", 5<<20)
+	var n int
+	if err := conn.QueryRow(context.Background(), "SELECT length('"+big+"')",
+		pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil || n != len(big) {
+		t.Fatalf("a 5 MiB statement: %v, length %d", err, n)
+	}
+	var row string
+	if err := conn.QueryRow(context.Background(), "SELECT repeat('ab', 3000000)").Scan(
+		&row); err != nil || len(row) != 6000000 {
+		t.Fatalf("a 6 MB row: %v, %d bytes", err, len(row))
+	}
+	conn.Close(context.Background())
+	cs := commands(t, e.lastSession(t))
+	if len(cs) != 2 || len(cs[0].cmd.Command.SQL) != len(big)+len("SELECT length('')") ||
+		cs[1].res == nil || cs[1].res.Status != "ok" {
+		t.Errorf("journal: %s", describe(cs)[:min(400, len(describe(cs)))])
+	}
+}
+
+// TestMalformedRequestsRecordedNotRun: a Query vigil cannot decode (an
+// embedded NUL hiding a second statement) is recorded as a protocol
+// violation and never reaches the server; the connection closes. A
+// message type no client sends is recorded and left to the server, which
+// refuses it with its own FATAL error.
+func TestMalformedRequestsRecordedNotRun(t *testing.T) {
+	e := startEnv(t, envOptions{policy: "enforce"})
+	e.pg.Exec(t, "CREATE TABLE keep (id int); GRANT ALL ON keep TO "+upstreamUser)
+	tok := e.token(t, identity.TokenSpec{})
+
+	r := dialRaw(t, e.addr)
+	r.login(tok, 1<<20)
+	q := []byte("select 1\x00drop table keep\x00")
+	msg := append([]byte{'Q', 0, 0, 0, 0}, q...)
+	binary.BigEndian.PutUint32(msg[1:], uint32(4+len(q)))
+	r.writeIn(msg, len(msg))
+	if m, err := r.fe.Receive(); err == nil {
+		t.Fatalf("after a malformed Query the connection answered %T; want it closed", m)
+	}
+	evs := e.lastSession(t)
+	var found bool
+	for _, c := range commands(t, evs) {
+		if c.cmd.Command.Message == "protocol_violation" &&
+			strings.Contains(c.cmd.Command.SQL, "drop table keep") {
+			found = true
+		}
+	}
+	if !found || !strings.Contains(evs[len(evs)-1].Reason, "malformed") {
+		t.Errorf("the malformed Query is not recorded, or the end reason does not say so:\n%s",
+			describe(commands(t, evs)))
+	}
+	conn, err := pgx.Connect(context.Background(), e.pg.SocketDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), "SELECT count(*) FROM keep"); err != nil {
+		t.Fatalf("table keep after the malformed Query: %v", err)
+	}
+
+	r = dialRaw(t, e.addr)
+	r.login(tok, 1<<20)
+	r.writeIn([]byte{'Z', 0, 0, 0, 5, 'I'}, 6)
+	var pgErr *pgproto3.ErrorResponse
+	for pgErr == nil {
+		m, err := r.fe.Receive()
+		if err != nil {
+			t.Fatalf("no error from the server for message type Z: %v", err)
+		}
+		pgErr, _ = m.(*pgproto3.ErrorResponse)
+	}
+	if pgErr.Severity != "FATAL" || !strings.Contains(pgErr.Message, "invalid frontend message") {
+		t.Errorf("server's answer to type Z: %s %s", pgErr.Severity, pgErr.Message)
+	}
+	r.c.Close() // as clients do after a FATAL error
+	found = false
+	for _, c := range commands(t, e.lastSession(t)) {
+		found = found || c.cmd.Command.Message == "protocol_violation"
+	}
+	if !found {
+		t.Error("message type Z is not recorded")
 	}
 }

@@ -93,14 +93,20 @@ v2 tokens are app-only tokens of a service principal (azp, azpacr, idtyp app,
 roles, ver 2.0; aud defaults to the API app's GUID ` + identity.DevAPIAppID + `).
 v1 tokens are shaped like a managed identity's (appid, appidacr, idtyp app,
 xms_mirid, iss https://sts.windows.net/{tenant}/; aud defaults to ` + identity.DevAudience + `).
-With --name or --upn the token is a user token instead.
+With --name or --upn the token is a user token instead: a person signed in
+through the Azure CLI, so azp (appid) defaults to the Azure CLI's client id
+` + identity.AzureCLIClientID + ` and oid to a GUID derived from the UPN
+(or else the name), the same at every run: a person minted this way to
+approve an agent's held command is not taken for the agent itself.
+--app-id and --oid override both.
 
 The token goes to stdout and nowhere else; use it as the database password:
 
   PGPASSWORD=$(vigil dev token --issuer http://127.0.0.1:8400 --role Db.Read) psql ...`,
 	Example: `  vigil dev token --issuer http://127.0.0.1:8400 --role Db.Read
   vigil dev token --issuer http://127.0.0.1:8400 --version v1 --audience api://vigil
-  vigil dev token --issuer http://127.0.0.1:8400 --group 0b1c... --expires-in 10m`,
+  vigil dev token --issuer http://127.0.0.1:8400 --group 0b1c... --expires-in 10m
+  vigil dev token --issuer http://127.0.0.1:8400 --upn dba@example.com --group 0b1c...`,
 	Args: cobra.NoArgs,
 	RunE: runDevToken,
 }
@@ -123,9 +129,11 @@ func init() {
 	t.StringArrayVar(&devTokenFlags.roles, "role", nil, "app role to include (repeatable)")
 	t.StringArrayVar(&devTokenFlags.groups, "group", nil, "group object id to include (repeatable)")
 	t.StringVar(&devTokenFlags.appID, "app-id", "",
-		"calling app's client id (azp or appid); default "+identity.DevClientID)
+		"calling app's client id (azp or appid); default "+identity.DevClientID+
+			", or the Azure CLI's "+identity.AzureCLIClientID+" for a user token")
 	t.StringVar(&devTokenFlags.oid, "oid", "",
-		"caller's object id; default "+identity.DevObjectID)
+		"caller's object id; default "+identity.DevObjectID+
+			", or for a user token a GUID derived from --upn or --name")
 	t.StringVar(&devTokenFlags.name, "name", "", "display name (makes a user token)")
 	t.StringVar(&devTokenFlags.upn, "upn", "", "user principal name (makes a user token)")
 	t.DurationVar(&devTokenFlags.expiresIn, "expires-in", 0,

@@ -29,6 +29,8 @@ protocol, and records every command in a tamper-evident journal.
   vigil dev issuer | token             a local Entra-shaped issuer for trials and tests`,
 	SilenceUsage:  true,
 	SilenceErrors: true,
+	// Every subcommand checks the shared flags before it does anything.
+	PersistentPreRunE: func(*cobra.Command, []string) error { return parseLogLevel() },
 }
 
 // Flags shared by every subcommand.
@@ -37,6 +39,9 @@ var (
 	flagLogLevel string
 )
 
+// logLevel is flagLogLevel once parseLogLevel has checked it.
+var logLevel = slog.LevelInfo
+
 func init() {
 	root.PersistentFlags().StringVar(&flagConfig, "config", "vigil.yaml",
 		"configuration file")
@@ -44,13 +49,20 @@ func init() {
 		"log level: debug, info, warn or error")
 }
 
-// logger returns the process logger, writing text lines to stderr.
-func logger() *slog.Logger {
+// parseLogLevel checks --log-level and sets logLevel.
+func parseLogLevel() error {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(flagLogLevel)); err != nil {
-		lvl = slog.LevelInfo
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", flagLogLevel)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	logLevel = lvl
+	return nil
+}
+
+// logger returns the process logger, writing text lines to stderr at the
+// level --log-level names.
+func logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 }
 
 func main() {

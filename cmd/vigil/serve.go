@@ -39,8 +39,13 @@ processor exactly as Envoy would (network ext_proc contract), recording every
 command in the journal under audit.dir. For one machine, trials and tests;
 Envoy in front of 'vigil extproc' is the path to scale.
 
-The gateway answers SSLRequest itself: N, since client TLS is not configured
-in this version.`,
+The gateway answers SSLRequest itself. With the connection's tls block
+(cert_file, key_file; client_ca_file to require client certificates) it
+answers S and terminates TLS, accepts PostgreSQL 17's direct TLS
+(sslnegotiation=direct), and refuses plaintext logins; without it, it
+answers N. A listen address off this machine needs tls (or, on a closed test
+network only, insecure_plaintext). upstream_tls says how the gateway itself
+reaches the server.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext(cmd.Context())

@@ -96,6 +96,15 @@ func (s *session) startup(out, raw []byte) ([]byte, extproc.Action) {
 		s.refuse(s.unknown, "unknown_connection")
 	} else if reason := refusedParameter(msg.Parameters); reason != "" {
 		s.refuse(reason, "startup_parameter")
+	} else if !s.h.beginLogin(s.cn) {
+		// Each login holds an upstream backend until the token arrives:
+		// clients that never send one must not exhaust the server.
+		s.log.Warn("too many logins in progress; refusing this one", "limit",
+			s.cn.PendingLoginLimit())
+		s.refuse("too many logins are in progress on this connection; try again shortly",
+			"login_limit")
+	} else {
+		s.loginCounted = true
 	}
 	params := make(map[string]string, len(msg.Parameters))
 	for k, v := range msg.Parameters {
@@ -173,8 +182,10 @@ func (s *session) password(ctx context.Context, out, raw []byte) ([]byte, extpro
 	g, ok := identity.Match(s.cn.Access, id)
 	if !ok {
 		s.id = id
-		s.refuse(fmt.Sprintf("%s has no grant for connection %s (wants %s)",
-			id.Principal(), s.cn.Name, grantList(s.cn.Access)), "no_grant")
+		// The grants it lacks go to the log and the audit only: telling an
+		// unauthorised caller which grant to obtain helps it get in.
+		reason := fmt.Sprintf("%s has no grant for connection %s", id.Principal(), s.cn.Name)
+		s.refuseDetail(reason, reason+" (wants "+grantList(s.cn.Access)+")", "no_grant")
 		return s.provoke(out), extproc.Continue
 	}
 	s.id, s.grant = id, g.String()
@@ -229,13 +240,19 @@ func (s *session) provoke(out []byte) []byte {
 // refuse records a failed login; the client learns why on the next
 // server chunk.
 func (s *session) refuse(reason, code string) {
+	s.refuseDetail(reason, reason, code)
+}
+
+// refuseDetail is refuse with more detail than the client may see: the
+// client is told reason, the log and the auth_failed event get detail.
+func (s *session) refuseDetail(reason, detail, code string) {
 	if s.auth.failure != "" {
 		return
 	}
 	s.auth.failure = reason
-	s.log.Info("login refused", "reason", code, "detail", reason)
+	s.log.Info("login refused", "reason", code, "detail", detail)
 	ev := s.base(audit.KindAuthFailed)
-	ev.Reason, ev.ReasonCode = reason, code
+	ev.Reason, ev.ReasonCode = detail, code
 	ev.Session = &audit.Session{Opened: s.opened, Application: s.clientUp.application,
 		ClientUser: s.clientUp.user}
 	rec, err := s.h.opts.Journal.Begin(ev)
@@ -244,7 +261,7 @@ func (s *session) refuse(reason, code string) {
 		return
 	}
 	end := s.base(audit.KindSessionEnd)
-	end.Reason = reason
+	end.Reason = detail
 	end.Session = &audit.Session{Opened: s.opened, Closed: time.Now()}
 	if err := rec.End(end); err != nil {
 		s.log.Error("audit: failed login not recorded", "err", err)

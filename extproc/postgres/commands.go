@@ -2,6 +2,9 @@ package postgres
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -147,12 +150,54 @@ func (s *session) request(ctx context.Context, out []byte, typ byte,
 		s.discarding, s.shadow = false, nil
 		s.pending = append(s.pending, &item{kind: itemSync})
 	case 'F':
-		err = s.functionCall(raw)
+		send, err = s.functionCall(ctx, raw)
+	case 'H', 'X', 'd', 'c', 'f':
+		// Flush, Terminate and COPY data pass as they are.
+	default:
+		// Not a request a client sends after login: recorded, and passed
+		// on for the server to refuse with its own FATAL error, as it
+		// does.
+		s.recordViolation(typ, raw, fmt.Sprintf("message type %q is not a frontend request", typ))
+	}
+	if s.violation != "" {
+		return s.closeOnViolation(out)
 	}
 	if err != nil {
 		return s.unrecorded(out, typ, err)
 	}
 	return append(out, send...), extproc.Continue
+}
+
+// badMessage handles a client request vigil cannot decode: it is
+// recorded, never forwarded (vigil judges only what it understands), and
+// the connection is closed. It returns a non-nil error for callers that
+// return one; request sees s.violation first.
+func (s *session) badMessage(typ byte, raw []byte, err error) error {
+	why := fmt.Sprintf("malformed %q message: %v", typ, err)
+	s.recordViolation(typ, raw, why)
+	s.violation = why
+	return errors.New(why)
+}
+
+// recordViolation records a client message that is not a valid request,
+// with its first bytes, and its refusal.
+func (s *session) recordViolation(typ byte, raw []byte, why string) {
+	b := body(typ, raw)
+	c := &audit.Command{Message: "protocol_violation",
+		SQL: strconv.Quote(string(b[:min(len(b), 1024)]))}
+	cmd, err := s.record(c, nil)
+	if err != nil {
+		s.violation = "audit journal unavailable: " + err.Error()
+		return
+	}
+	s.finish(cmd, audit.Result{Status: audit.StatusError, Message: why})
+	s.log.Warn("client protocol violation", "type", string(typ), "why", why)
+}
+
+// closeOnViolation ends a session whose client broke the protocol.
+func (s *session) closeOnViolation(out []byte) ([]byte, extproc.Action) {
+	s.endReason = "client protocol violation: " + s.violation
+	return out, extproc.Close
 }
 
 // unrecorded refuses a command that could not be recorded: fail closed.
@@ -230,7 +275,7 @@ func (s *session) discarded(out []byte, typ byte, raw []byte) ([]byte, extproc.A
 func (s *session) query(ctx context.Context, raw []byte) ([]byte, error) {
 	var q pgproto3.Query
 	if err := q.Decode(body('Q', raw)); err != nil {
-		return raw, nil // the server will reject it; nothing runs
+		return nil, s.badMessage('Q', raw, err)
 	}
 	a := s.analyse(q.String)
 	analysed := a.stmts
@@ -371,7 +416,7 @@ func splitStatements(sql string) []string {
 func (s *session) parse(raw []byte) {
 	var p pgproto3.Parse
 	if err := p.Decode(body('P', raw)); err != nil {
-		s.pending = append(s.pending, &item{kind: itemParse})
+		s.badMessage('P', raw, err)
 		return
 	}
 	// Parse once, judge at every Execute: prepared statements reused many
@@ -385,6 +430,7 @@ func (s *session) bind(raw []byte) {
 	s.pending = append(s.pending, &item{kind: itemBind})
 	var b pgproto3.Bind
 	if err := b.Decode(body('B', raw)); err != nil {
+		s.badMessage('B', raw, err)
 		return
 	}
 	pt := &portal{stmt: b.PreparedStatement, nparam: len(b.Parameters),
@@ -402,7 +448,9 @@ func (s *session) bind(raw []byte) {
 func (s *session) describe(raw []byte) {
 	it := &item{kind: itemDescribe}
 	var d pgproto3.Describe
-	if err := d.Decode(body('D', raw)); err == nil {
+	if err := d.Decode(body('D', raw)); err != nil {
+		s.badMessage('D', raw, err)
+	} else {
 		if d.ObjectType == 'S' {
 			it.stmt = d.Name
 			if st := s.stmts[d.Name]; st != nil {
@@ -420,8 +468,7 @@ func (s *session) describe(raw []byte) {
 func (s *session) execute(ctx context.Context, raw []byte) ([]byte, error) {
 	var e pgproto3.Execute
 	if err := e.Decode(body('E', raw)); err != nil {
-		s.pending = append(s.pending, &item{kind: itemExecute})
-		return raw, nil
+		return nil, s.badMessage('E', raw, err)
 	}
 	c := &audit.Command{Message: "execute", Portal: e.Portal}
 	pt := s.portals[e.Portal]
@@ -478,6 +525,7 @@ func (s *session) closeObject(raw []byte) {
 	s.pending = append(s.pending, &item{kind: itemClose})
 	var c pgproto3.Close
 	if err := c.Decode(body('C', raw)); err != nil {
+		s.badMessage('C', raw, err)
 		return
 	}
 	if c.ObjectType == 'S' {
@@ -487,29 +535,43 @@ func (s *session) closeObject(raw []byte) {
 	}
 }
 
-func (s *session) functionCall(raw []byte) error {
+// functionCall judges and records a fast-path FunctionCall, and returns
+// what to send upstream: the call, or, denied, a Query the server refuses
+// (both are answered with an error and ReadyForQuery).
+func (s *session) functionCall(ctx context.Context, raw []byte) ([]byte, error) {
 	var f pgproto3.FunctionCall
 	if err := f.Decode(body('F', raw)); err != nil {
-		s.pending = append(s.pending, &item{kind: itemFunction})
-		return nil
+		return nil, s.badMessage('F', raw, err)
 	}
 	c := &audit.Command{Message: "function_call", Function: f.Function,
 		ParameterCount: len(f.Arguments)}
+	formats := make([]int16, len(f.ArgFormatCodes))
+	for i, fc := range f.ArgFormatCodes {
+		formats[i] = int16(fc)
+	}
+	params := renderParameters(formats, f.Arguments, nil)
 	if s.cn.RecordParameters() {
-		formats := make([]int16, len(f.ArgFormatCodes))
-		for i, fc := range f.ArgFormatCodes {
-			formats[i] = int16(fc)
-		}
-		c.Parameters = renderParameters(formats, f.Arguments, nil)
+		c.Parameters = params
 	}
-	// TODO(issue 4): judge function calls by OID; the policy input has no
-	// form for them yet, so they are recorded but not judged.
-	cmd, err := s.record(c, nil)
+	// The policy sees the function's OID, not its name: the call carries
+	// nothing else. The default policy refuses the fast path to agents.
+	s.function = f.Function
+	v := s.judge(ctx, "function_call", "", params, analysis{})
+	s.function = 0
+	cmd, err := s.record(c, v.first())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	s.pending = append(s.pending, &item{kind: itemFunction, cmds: []*command{cmd}})
-	return nil
+	if v.denied == nil {
+		v.denied = s.hold(ctx, v, "", params, cmd)
+	}
+	it := &item{kind: itemFunction, cmds: []*command{cmd}, denied: v.denied}
+	s.pending = append(s.pending, it)
+	if v.denied != nil {
+		s.log.Info("function call denied", "oid", f.Function, "reason", v.denied.message)
+		return s.deniedQuery(nil), nil
+	}
+	return raw, nil
 }
 
 // record writes a command event, with the policy's decision, before the

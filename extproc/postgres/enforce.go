@@ -72,6 +72,7 @@ func (s *session) judge(ctx context.Context, message, sql string, params []audit
 	stmts := a.stmts
 	in := s.input(sql, params)
 	in.Command.Message, in.Command.ParseError = message, a.parseError
+	in.Command.Function = s.function
 	var reasons []string
 	judgeOne := func(st []policy.Statement) {
 		in.Command.Statements = st

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/vigilaudit/vigil/audit"
 	"github.com/vigilaudit/vigil/config"
@@ -28,6 +29,32 @@ type Options struct {
 // Handler creates a PostgreSQL Session for each stream.
 type Handler struct {
 	opts Options
+
+	mu sync.Mutex
+	// logins counts, per connection, the logins waiting for their token.
+	logins map[string]int
+}
+
+// beginLogin counts a login of cn in progress, or reports false when cn
+// already has its limit of them.
+func (h *Handler) beginLogin(cn *config.Connection) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.logins == nil {
+		h.logins = map[string]int{}
+	}
+	if h.logins[cn.Name] >= cn.PendingLoginLimit() {
+		return false
+	}
+	h.logins[cn.Name]++
+	return true
+}
+
+// endLogin ends a login beginLogin counted.
+func (h *Handler) endLogin(cn *config.Connection) {
+	h.mu.Lock()
+	h.logins[cn.Name]--
+	h.mu.Unlock()
 }
 
 // NewHandler returns a Handler serving the postgres connections of

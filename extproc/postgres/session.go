@@ -75,6 +75,14 @@ type session struct {
 	unknown string
 	// endReason says why vigil ended the session, for its end event.
 	endReason string
+	// loginCounted is set while this session counts against its
+	// connection's limit of logins in progress.
+	loginCounted bool
+	// violation says why the client's last message was refused as
+	// malformed; the connection then closes.
+	violation string
+	// function is the OID of the FunctionCall being judged.
+	function uint32
 	// silenced is set when the journal failed under a result: nothing
 	// more from the server reaches the client.
 	silenced bool
@@ -118,7 +126,19 @@ func (s *session) OnClient(ctx context.Context, chunk []byte, eos bool) extproc.
 	if eos && s.client.pending() > 0 {
 		s.log.Debug("client closed mid-message", "bytes", s.client.pending())
 	}
+	s.loginOver()
 	return extproc.Reply{Data: out}
+}
+
+// loginOver stops counting the session's login once it is over, however
+// it ended.
+func (s *session) loginOver() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.loginCounted && s.phase != phaseAuth {
+		s.loginCounted = false
+		s.h.endLogin(s.cn)
+	}
 }
 
 // OnServer implements extproc.Session.
@@ -141,6 +161,7 @@ func (s *session) OnServer(ctx context.Context, chunk []byte, eos bool) extproc.
 		}
 		out = s.fromServer(out, typ, raw)
 	}
+	s.loginOver()
 
 	// The client may only see an answer once its record is durable.
 	s.mu.Lock()
@@ -184,6 +205,10 @@ func (s *session) protocolError(side string, err error) extproc.Reply {
 func (s *session) Close(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.loginCounted {
+		s.loginCounted = false
+		s.h.endLogin(s.cn)
+	}
 	if s.rec == nil {
 		return
 	}

@@ -60,8 +60,16 @@ type Options struct {
 	IdentityOptions []identity.Option
 }
 
+// maxMessage bounds one gRPC message between Envoy (or the gateway's
+// relays) and the processor: the largest PostgreSQL message and framing.
+const maxMessage = postgres.DefaultMaxMessage + 1<<20
+
 // New opens the journal and builds the processor for cfg.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) (*App, error) {
+	// A credential that cannot be read stops vigil now, not at the first login.
+	if err := cfg.CheckSecrets(); err != nil {
+		return nil, err
+	}
 	j, err := audit.Open(cfg.Audit.Dir, audit.Options{Log: log})
 	if err != nil {
 		return nil, err
@@ -107,7 +115,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 	h := postgres.NewHandler(postgres.Options{Config: cfg, Verifier: v, Journal: j, Log: log,
 		Policy: dec, Monitor: cfg.Policy.Mode == config.PolicyMonitor, Approvals: svc})
 
-	g := grpc.NewServer()
+	// One chunk's reply carries whole PostgreSQL messages, up to the
+	// protocol's 1 GiB: gRPC's default 4 MiB would end the stream on a
+	// large statement or row. (Envoy's envoy_grpc client has no limit
+	// unless max_receive_message_length is set.)
+	g := grpc.NewServer(grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage))
 	extproc.NewServer(h, log).Register(g)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
@@ -252,7 +264,9 @@ func (a *App) StartGateway(ctx context.Context) (*Gateway, error) {
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			return buf.DialContext(ctx)
 		}),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage),
+			grpc.MaxCallSendMsgSize(maxMessage)))
 	if err != nil {
 		return nil, fmt.Errorf("gateway: processor connection: %w", err)
 	}

@@ -13,7 +13,8 @@ import (
 	"github.com/vigilaudit/vigil/identity"
 )
 
-// maxBody bounds the JSON body of a decision.
+// maxBody bounds the JSON body of a decision; a larger one is answered
+// 413.
 const maxBody = 64 << 10
 
 // maxReason bounds a decision's reason, in bytes.
@@ -43,7 +44,7 @@ type DecisionBody struct {
 // ErrorResponse is the body of every error answer. Cause is stable and
 // machine-readable: missing_token, a token refusal reason of package
 // identity (expired, wrong_audience, ...), self_approval, not_approver,
-// not_pending, not_found, reason_required, bad_request, store.
+// not_pending, not_found, reason_required, bad_request, too_large, store.
 type ErrorResponse struct {
 	Error string `json:"error"`
 	Cause string `json:"cause"`
@@ -51,7 +52,9 @@ type ErrorResponse struct {
 
 // Handler serves the approvals API and page under their full paths:
 //
-//	GET  /api/approvals?status=pending   requests the caller may see
+//	GET  /api/approvals?status=pending   requests the caller may see; status
+//	                                     approved, denied, expired, cancelled,
+//	                                     or all (the same as empty): every one
 //	GET  /api/approvals/{id}             one request with its steps
 //	POST /api/approvals/{id}/approve     {"reason": "..."} (optional)
 //	POST /api/approvals/{id}/deny        {"reason": "..."} (required)
@@ -101,11 +104,13 @@ func (s *Service) apiList(w http.ResponseWriter, r *http.Request) {
 	switch status {
 	case StatusPending:
 		rs, err = s.pending(r.Context())
-	case "", StatusApproved, StatusDenied, StatusExpired, StatusCancelled:
+	case "", "all":
+		rs, err = s.store.List(r.Context(), "")
+	case StatusApproved, StatusDenied, StatusExpired, StatusCancelled:
 		rs, err = s.store.List(r.Context(), status)
 	default:
 		writeError(w, http.StatusBadRequest, "bad_request",
-			"status must be pending, approved, denied, expired or cancelled")
+			"status must be pending, approved, denied, expired, cancelled or all")
 		return
 	}
 	if err != nil {
@@ -150,8 +155,15 @@ func (s *Service) apiDecide(approve bool) http.HandlerFunc {
 			return
 		}
 		var body DecisionBody
-		dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
-		if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+		err := dec.Decode(&body)
+		var tooLarge *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooLarge):
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large",
+				"the body is too large")
+			return
+		case err != nil && !errors.Is(err, io.EOF):
 			writeError(w, http.StatusBadRequest, "bad_request",
 				`the body must be JSON: {"reason": "..."}`)
 			return
@@ -174,8 +186,7 @@ func (s *Service) apiDecide(approve bool) http.HandlerFunc {
 func (s *Service) decideError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrSelfApproval):
-		writeError(w, http.StatusForbidden, "self_approval",
-			"you cannot decide your own request")
+		writeError(w, http.StatusForbidden, "self_approval", trimPrefix(err))
 	case errors.Is(err, ErrNotApprover):
 		writeError(w, http.StatusForbidden, "not_approver", trimPrefix(err))
 	case errors.Is(err, ErrNotPending):

@@ -108,7 +108,7 @@ func TestHTTPAPI(t *testing.T) {
 	// Refusals, each recorded.
 	if code := a.call(t, "POST", "/api/approvals/"+id+"/approve", a.agent, "{}",
 		&e); code != 403 ||
-		e.Cause != "self_approval" {
+		e.Cause != "self_approval" || !strings.Contains(e.Error, "same object id") {
 		t.Errorf("self approval: %d %+v", code, e)
 	}
 	if step := h.step(t); step.Kind != StepRefused || step.Actor.OID != agentOID {
@@ -147,6 +147,47 @@ func TestHTTPAPI(t *testing.T) {
 	if code := a.call(t, "GET", "/api/approvals/"+id, a.agent, "", &v); code != 200 ||
 		len(v.Steps) != 4 {
 		t.Errorf("requester get: %d, %d steps, want 4", code, len(v.Steps))
+	}
+}
+
+// TestHTTPListAll checks that status=all lists every request, as an
+// empty status does and as `vigil approvals list --status all` asks.
+func TestHTTPListAll(t *testing.T) {
+	a := newAPI(t, Options{})
+	h := startHold(context.Background(), a.svc, newRequest())
+	h.step(t)
+	var all, empty ListResponse
+	if code := a.call(t, "GET", "/api/approvals?status=all", a.dba, "", &all); code != 200 ||
+		len(all.Requests) != 1 {
+		t.Fatalf("status=all: %d %+v", code, all)
+	}
+	if code := a.call(t, "GET", "/api/approvals?status=", a.dba, "", &empty); code != 200 ||
+		len(empty.Requests) != 1 || empty.Requests[0].Request.ID != all.Requests[0].Request.ID {
+		t.Fatalf("status=: %d %+v", code, empty)
+	}
+	var e ErrorResponse
+	if code := a.call(t, "GET", "/api/approvals?status=some", a.dba, "", &e); code != 400 ||
+		!strings.Contains(e.Error, "all") {
+		t.Errorf("status=some: %d %+v", code, e)
+	}
+}
+
+// TestHTTPBodyTooLarge checks that a decision body over the limit is
+// answered 413, not taken for malformed JSON.
+func TestHTTPBodyTooLarge(t *testing.T) {
+	a := newAPI(t, Options{})
+	h := startHold(context.Background(), a.svc, newRequest())
+	h.step(t)
+	id := onlyPending(t, a.svc)
+	body := `{"reason": "` + strings.Repeat("a", 2<<20) + `"}`
+	var e ErrorResponse
+	if code := a.call(t, "POST", "/api/approvals/"+id+"/deny", a.dba, body, &e); code != 413 ||
+		e.Cause != "too_large" || e.Error != "the body is too large" {
+		t.Errorf("2 MB body: %d %+v, want 413 too_large", code, e)
+	}
+	if code := a.call(t, "POST", "/api/approvals/"+id+"/deny", a.dba, `{"reason": 1}`,
+		&e); code != 400 || e.Cause != "bad_request" {
+		t.Errorf("malformed body: %d %+v, want 400 bad_request", code, e)
 	}
 }
 

@@ -48,8 +48,10 @@ var (
 	ErrNotFound = errors.New("approvals: no such request")
 	// ErrNotPending: the request was already decided, expired or cancelled.
 	ErrNotPending = errors.New("approvals: request is not pending")
-	// ErrSelfApproval: the approver is the requester.
-	ErrSelfApproval = errors.New("approvals: requester cannot decide their own request")
+	// ErrSelfApproval: the approver counts as the requester (same object
+	// id, or the same application with one side acting as itself); the
+	// wrapping error says which.
+	ErrSelfApproval = errors.New("approvals: the approver counts as the requester")
 	// ErrNotApprover: the approver matches none of the request's approvers.
 	ErrNotApprover = errors.New("approvals: not one of the request's approvers")
 	// ErrReasonRequired: a denial needs a reason.
@@ -218,14 +220,29 @@ func appOnly(id *identity.Identity) bool {
 // or the same app id when either is an app-only identity (a person signed
 // in through the agent's own app is treated as the agent).
 func isSelf(requester, approver *identity.Identity) bool {
+	return selfReason(requester, approver) != ""
+}
+
+// selfReason says why approver counts as the requester, or "" when it
+// does not; see isSelf.
+func selfReason(requester, approver *identity.Identity) string {
 	if requester == nil || approver == nil {
-		return false
+		return ""
 	}
 	if requester.OID != "" && requester.OID == approver.OID {
-		return true
+		return "same object id (" + approver.OID + ")"
 	}
-	return requester.AppID != "" && requester.AppID == approver.AppID &&
-		(appOnly(requester) || appOnly(approver))
+	if requester.AppID == "" || requester.AppID != approver.AppID {
+		return ""
+	}
+	switch {
+	case appOnly(approver):
+		return "same application (" + approver.AppID + "), acting as itself"
+	case appOnly(requester):
+		return "same application (" + approver.AppID + "), which made the request " +
+			"acting as itself"
+	}
+	return ""
 }
 
 // approverGrant returns the first of grants that id holds. Grants that do

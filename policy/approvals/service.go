@@ -288,9 +288,9 @@ func (s *Service) Decide(ctx context.Context, id string, approver *identity.Iden
 	if !approve {
 		verb = "deny"
 	}
-	if isSelf(r.Requester, approver) {
-		s.refuse(ctx, r, approver, verb+" refused: the requester cannot decide their own request")
-		return r, fmt.Errorf("%w: %s", ErrSelfApproval, approver.Principal())
+	if why := selfReason(r.Requester, approver); why != "" {
+		s.refuse(ctx, r, approver, verb+" refused: the approver counts as the requester: "+why)
+		return r, fmt.Errorf("%w: %s", ErrSelfApproval, why)
 	}
 	if _, ok := approverGrant(r.Approvers, approver); !ok {
 		s.refuse(ctx, r, approver, verb+" refused: the approver holds none of "+

@@ -3,6 +3,7 @@ package approvals
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -132,19 +133,23 @@ func TestRefusals(t *testing.T) {
 		self := agent()
 		self.Groups = []string{"dba"}
 		if _, err := s.Decide(context.Background(), id, self, true, ""); !errors.Is(err,
-			ErrSelfApproval) {
-			t.Fatalf("self approval: err = %v, want ErrSelfApproval", err)
+			ErrSelfApproval) || !strings.Contains(err.Error(), "same object id") {
+			t.Fatalf("self approval: err = %v, want ErrSelfApproval naming the object id", err)
 		}
 		if step := h.step(t); step.Kind != StepRefused || step.Actor.OID != agentOID {
 			t.Errorf("step after self approval = %+v, want refused", step)
 		}
 		sameApp := dba()
 		sameApp.OID, sameApp.AppID, sameApp.IDType = "other", agentApp, "app"
-		if _, err := s.Decide(context.Background(), id, sameApp, true, ""); !errors.Is(err,
-			ErrSelfApproval) {
-			t.Fatalf("approval by the same app: err = %v, want ErrSelfApproval", err)
+		_, err := s.Decide(context.Background(), id, sameApp, true, "")
+		if !errors.Is(err, ErrSelfApproval) || strings.Contains(err.Error(), "object id") ||
+			!strings.Contains(err.Error(), "same application ("+agentApp+"), acting as itself") {
+			t.Fatalf("approval by the same app: err = %v, want ErrSelfApproval naming the app",
+				err)
 		}
-		h.step(t)
+		if step := h.step(t); !strings.Contains(step.Reason, "same application") {
+			t.Errorf("step after approval by the same app = %+v, want the cause named", step)
+		}
 		if _, err := s.Decide(context.Background(), id, outsider(), true, ""); !errors.Is(err,
 			ErrNotApprover) {
 			t.Fatalf("outsider: err = %v, want ErrNotApprover", err)

@@ -140,6 +140,18 @@ test_agent_denied_function_even_schema_qualified if {
 	d.rules == ["deny_agent_function"]
 }
 
+test_agent_large_object_writes_denied if {
+	s := object.union(select_stmt, {"functions": ["lo_creat"]})
+	d := decide(doc(agent, "role:Db.Read", [s]))
+	d.rules == ["deny_agent_function"]
+}
+
+test_agent_fast_path_function_call_denied if {
+	c := {"protocol": "postgres", "message": "function_call", "function": 957, "statements": []}
+	d := decide({"identity": agent, "connection": conn("role:Db.Write"), "command": c})
+	"deny_agent_function_call" in d.rules
+}
+
 test_unparsed_denied if {
 	c := {"protocol": "postgres", "statements": [], "parse_error": "syntax error"}
 	d := decide({"identity": person, "connection": conn(""), "command": c})

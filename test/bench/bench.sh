@@ -26,7 +26,7 @@ start_issuer
 write_config
 start_gateway
 TOKEN=$("$VIGIL" dev token --issuer "$AUTHORITY" --audience api://vigil \
-	--role Db.ReadWrite --app-id "$(new_guid)" --expires-in 1h)
+	--role Db.Write --app-id "$(new_guid)" --expires-in 1h)
 [ -n "$TOKEN" ] || die "vigil dev token printed nothing"
 
 log "pgbench -i -s 1 (directly)"

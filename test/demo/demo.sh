@@ -4,7 +4,7 @@
 # Starts a throwaway PostgreSQL 15 (password auth; the stored password in a
 # file only vigil reads), `vigil dev issuer` (an Entra-shaped token issuer)
 # and `vigil gateway`, mints an access token for an app with the app role
-# Db.ReadWrite, runs a short psql session with the token as the password,
+# Db.Write, runs a short psql session with the token as the password,
 # and prints `vigil audit sessions` and `vigil audit show`. Everything runs
 # in a temp dir on loopback and is removed at the end (KEEP=1 keeps it).
 set -euo pipefail
@@ -89,3 +89,6 @@ for SESSION in $SESSIONS; do
 	log "vigil audit show $SESSION"
 	"$VIGIL" audit show --config "$WORK/vigil.yaml" "$SESSION"
 done
+
+log "vigil audit verify: hash chains, seq gaps, signed checkpoints"
+"$VIGIL" audit verify --config "$WORK/vigil.yaml"
