@@ -146,7 +146,8 @@ type Approval struct {
 	Command   uint64 `json:"command"`
 	RequestID string `json:"request_id"`
 	// Step is requested, approved, denied, refused (an attempt by someone
-	// not allowed to decide), expired or cancelled.
+	// not allowed to decide), expired, cancelled, or covered (an open
+	// window approval let the command run without a new request).
 	Step   string             `json:"step"`
 	Actor  *identity.Identity `json:"actor,omitempty"`
 	Reason string             `json:"reason,omitempty"`
