@@ -77,7 +77,9 @@ type CorruptError struct {
 }
 
 func (e *CorruptError) Error() string {
-	return fmt.Sprintf("audit: corrupt record in %s at offset %d: %v", e.Segment, e.Offset, e.Err)
+	return fmt.Sprintf("audit: corrupt record in %s at offset %d: %v (not the torn tail a "+
+		"crash leaves: run `vigil audit verify` for every problem, keep the journal as "+
+		"evidence, and see docs/operations.md)", e.Segment, e.Offset, e.Err)
 }
 
 func (e *CorruptError) Unwrap() error { return e.Err }
