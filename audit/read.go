@@ -227,7 +227,7 @@ func ReadSession(dir, sessionID string) ([]Event, error) {
 // the first one's prev is the genesis (32 zero bytes) and every other's is
 // the hash of the one before, and every hash matches its bytes. It returns
 // the first problem found. It cannot see events missing after the last
-// one; signed checkpoints (not yet written) are for that.
+// one; the signed checkpoints Verify checks are for that.
 func VerifyChain(recs []Record) error {
 	var prev [sha256.Size]byte
 	var session string

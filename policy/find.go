@@ -44,6 +44,9 @@ func Find(detector string, value []byte) [][2]int {
 	if len(value) > maxFindLen {
 		value = value[:maxFindLen]
 	}
+	if detector == "card" {
+		return findCards(value)
+	}
 	var out [][2]int
 	for _, re := range findRes[detector] {
 		for _, m := range re.FindAllIndex(value, -1) {
@@ -89,4 +92,57 @@ func MaskFound(strategy string, value []byte, ranges [][2]int) (masked []byte, i
 	}
 	b.Write(value[last:])
 	return b.Bytes(), false
+}
+
+// cardRunRe matches a run of digits with single spaces or dashes between.
+var cardRunRe = regexp.MustCompile(`\d(?:[ -]?\d)*`)
+
+// findCards finds card numbers in runs of digits, where a number is one
+// or more consecutive groups (digits between single spaces or dashes) of
+// 13 to 19 digits in all that Detect accepts (Luhn). "4111111111111111
+// 5500005555555559" holds two numbers; a 20-digit string holds none; a
+// number never starts or ends inside a group, so a long digit string does
+// not hide one by chance of its checksum.
+func findCards(value []byte) [][2]int {
+	var out [][2]int
+	for _, run := range cardRunRe.FindAllIndex(value, -1) {
+		type group struct{ start, end, digits int }
+		var gs []group
+		for i := run[0]; i < run[1]; {
+			j := i
+			for j < run[1] && value[j] >= '0' && value[j] <= '9' {
+				j++
+			}
+			gs = append(gs, group{i, j, j - i})
+			i = j + 1 // past the separator
+		}
+		for a := 0; a < len(gs); {
+			taken := false
+			n := 0
+			end := a
+			for end < len(gs) && n+gs[end].digits <= 19 {
+				n += gs[end].digits
+				end++
+			}
+			// Longest first: gs[a:end] holds at most 19 digits.
+			for e := end; e > a; e-- {
+				total := 0
+				for _, g := range gs[a:e] {
+					total += g.digits
+				}
+				if total < 13 {
+					break
+				}
+				if r := [2]int{gs[a].start, gs[e-1].end}; Detect("card", value[r[0]:r[1]]) {
+					out = append(out, r)
+					a, taken = e, true
+					break
+				}
+			}
+			if !taken {
+				a++
+			}
+		}
+	}
+	return out
 }

@@ -370,3 +370,36 @@ func TestFunctionCallJudged(t *testing.T) {
 		t.Errorf("%d large objects after the person's \\lo_import; want 1", n)
 	}
 }
+
+// TestCardNumbersFoundInAnyText: values the detectors find are masked
+// wherever they are: several in one value, next to an e-mail address, in
+// a row rendered as text or JSON.
+func TestCardNumbersFoundInAnyText(t *testing.T) {
+	e := policyEnv(t)
+	conn, err := pgx.Connect(context.Background(), e.vigilDSN(e.token(t, identity.TokenSpec{}),
+		"postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for _, sql := range []string{
+		"SELECT string_agg(card_number, ' ' ORDER BY id) FROM customers",
+		"SELECT '4111111111111111 5500005555555559'",
+		"SELECT 'a@b.com,4111111111111111'",
+		"SELECT json_agg(c ORDER BY c.id)::text FROM customers c",
+		"SELECT row(c.*)::text FROM customers c WHERE id = 1",
+	} {
+		var got string
+		if err := conn.QueryRow(context.Background(), sql).Scan(&got); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		for _, card := range []string{"4111111111111111", "5500005555555559"} {
+			if strings.Contains(got, card) {
+				t.Errorf("%s: card %s in clear in %q", sql, card, got)
+			}
+		}
+		if strings.Contains(got, "a@b.com") {
+			t.Errorf("%s: e-mail in clear in %q", sql, got)
+		}
+	}
+}

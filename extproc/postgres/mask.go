@@ -143,12 +143,20 @@ func (p *maskPlan) value(i int, v []byte) ([]byte, bool) {
 	if !cp.text {
 		return v, false
 	}
+	// Every detector looks at the value, each at what the ones before it
+	// left: a text may hold an e-mail address and a card number.
+	changed := false
 	for _, d := range p.detectors {
-		if nv, ok := p.detect(cp, d.Detector, d, v); ok {
-			return nv, true
+		nv, ok := p.detect(cp, d.Detector, d, v)
+		if !ok {
+			continue
 		}
+		if nv == nil {
+			return nil, true
+		}
+		v, changed = nv, true
 	}
-	return v, false
+	return v, changed
 }
 
 // detect masks what rule r's detector finds in v: the whole value, or the
