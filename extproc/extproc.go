@@ -102,6 +102,11 @@ type ConnInfo struct {
 	Client string
 	// Peer is the gRPC peer: the Envoy (or gateway) that opened the stream.
 	Peer string
+	// Abort ends the stream with err, which makes Envoy (failing closed)
+	// or the gateway close the connection: the way for a session to end a
+	// connection when no chunk is there to answer with a close. Safe to
+	// call from any goroutine, more than once; nil outside a stream.
+	Abort func(err error)
 }
 
 // Gateway headers: the gRPC stream metadata vigil reads. Envoy sets them
@@ -147,6 +152,13 @@ func (s *Server) Process(stream grpc.BidiStreamingServer[procv3.ProcessingReques
 	procv3.ProcessingResponse]) error {
 	ctx := stream.Context()
 	info := connInfo(ctx)
+	aborted := make(chan error, 1)
+	info.Abort = func(err error) {
+		select {
+		case aborted <- err:
+		default:
+		}
+	}
 	sess, err := s.handler.NewSession(ctx, info)
 	if err != nil {
 		s.log.Warn("stream refused", "connection", info.Connection, "peer", info.Peer,
@@ -184,13 +196,33 @@ func (s *Server) Process(stream grpc.BidiStreamingServer[procv3.ProcessingReques
 	go s.worker(clientCtx, &wg, Read, reads, sess.OnClient, send)
 	go s.worker(ctx, &wg, Write, writes, sess.OnServer, send)
 
-	recvErr := s.receive(ctx, stream, reads, writes, clientGone)
+	received := make(chan error, 1)
+	go func() {
+		err := s.receive(ctx, stream, reads, writes, clientGone)
+		close(reads)
+		close(writes)
+		received <- err
+	}()
+	var recvErr error
+	select {
+	case recvErr = <-received:
+	case err := <-aborted:
+		// The session ends the connection: the stream ends with an error
+		// now; the receiver stops once it does, and the session is closed
+		// after its workers, as on any other end.
+		s.log.Warn("session aborted its stream", "connection", info.Connection, "err", err)
+		cancel()
+		go func() {
+			<-received
+			wg.Wait()
+			sess.Close(err)
+		}()
+		return status.Error(codes.Aborted, err.Error())
+	}
 	// The data plane has gone (Envoy closes the stream with the
 	// connection): nothing waits for replies any more, so release any
 	// session blocked on a hold.
 	cancel()
-	close(reads)
-	close(writes)
 	wg.Wait()
 	if recvErr == nil {
 		recvErr = sendErr

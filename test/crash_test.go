@@ -421,3 +421,32 @@ func TestJournalFailureRefusesCommands(t *testing.T) {
 	}
 	t.Logf("%d INSERTs acknowledged before the journal failed with: %v", len(acked), failure)
 }
+
+// TestJournalFailureEndsTheConnection: psql runs a script of INSERTs while
+// the journal fills up. The session whose answer cannot be made durable
+// gets a FATAL error saying why, and vigil then closes the connection, so
+// psql ends instead of waiting for an answer that will never come.
+func TestJournalFailureEndsTheConnection(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and vigil processes")
+	}
+	e := startProcEnv(t)
+	g := startGateway(t, e, 48<<10)
+	var script strings.Builder
+	script.WriteString("CREATE TABLE load2 (i int);\n")
+	for i := range 2000 {
+		fmt.Fprintf(&script, "INSERT INTO load2 VALUES (%d);\n", i)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, pgBin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+		e.dsn(t, g.addr))
+	cmd.Stdin = strings.NewReader(script.String())
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("psql still waiting after 90s: the connection was left open\n%s", out)
+	}
+	if err == nil || !strings.Contains(string(out), "audit journal cannot be written") {
+		t.Fatalf("psql: %v; want it ended by the journal failure, saying so:\n%s", err, out)
+	}
+}

@@ -176,6 +176,9 @@ func (s *session) OnServer(ctx context.Context, chunk []byte, eos bool) extproc.
 	return extproc.Reply{Data: out}
 }
 
+// abortDelay lets a last reply reach the client before the stream ends.
+const abortDelay = 500 * time.Millisecond
+
 // journalLost ends a session whose results cannot be made durable. The
 // answer is withheld: in its place the client gets a FATAL error saying
 // why, as PostgreSQL itself ends a session, and nothing more from the
@@ -190,6 +193,12 @@ func (s *session) journalLost(err error) extproc.Reply {
 	s.mu.Unlock()
 	msg := "vigil: the audit journal cannot be written, so the session ends; the last " +
 		"command's outcome was not recorded: " + err.Error()
+	// The FATAL goes out with this reply; then the stream ends, which
+	// closes both connections, whatever the client does.
+	if abort := s.info.Abort; abort != nil {
+		reason := errors.New("audit journal unavailable: " + err.Error())
+		time.AfterFunc(abortDelay, func() { abort(reason) })
+	}
 	return extproc.Reply{Data: appendError(nil, "FATAL", stateIOError, msg)}
 }
 
