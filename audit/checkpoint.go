@@ -411,7 +411,19 @@ func (j *Journal) endDangling(stopped bool) error {
 	}
 	j.log.Warn("audit journal: ended the sessions left open", "sessions", len(ids),
 		"reason", reason)
+	j.mu.Lock()
+	j.dangling = ids
+	j.mu.Unlock()
 	return nil
+}
+
+// Dangling returns the sessions Open found without an end and ended (a
+// crash or a stop cut them), so that what waited on their behalf, such as
+// a request for approval, can be ended too.
+func (j *Journal) Dangling() []string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Clone(j.dangling)
 }
 
 // lineSession returns the session id of a record line without decoding it:

@@ -62,6 +62,8 @@ type Journal struct {
 	log  *slog.Logger
 	opts Options
 	lock *os.File
+	// dangling are the sessions Open ended for a crash or a stop.
+	dangling []string
 
 	mu      sync.Mutex
 	wake    *sync.Cond    // the writer waits for work; Record waits for room

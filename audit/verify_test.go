@@ -407,6 +407,9 @@ func TestVerifyLiveAndCrashedJournal(t *testing.T) {
 
 	// Starting again ends the session, naming the crash; then all is clean.
 	j2 := openTest(t, crashed, Options{CheckpointInterval: -1})
+	if d := j2.Dangling(); len(d) != 1 || d[0] != r.ID() {
+		t.Errorf("Dangling() = %v; want the crashed session %s", d, r.ID())
+	}
 	if err := j2.Close(); err != nil {
 		t.Fatal(err)
 	}

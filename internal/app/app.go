@@ -112,6 +112,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		}
 		return nil, err
 	}
+	// Requests held for sessions a crash or a stop cut are cancelled: their
+	// clients are gone, and an approval must not open a window for them.
+	if _, err := svc.CancelSessions(ctx, j.Dangling(),
+		"vigil restarted; the session that waited for this request is gone"); err != nil {
+		log.Warn("approvals: cancelling the requests of ended sessions failed", "err", err)
+	}
 	h := postgres.NewHandler(postgres.Options{Config: cfg, Verifier: v, Journal: j, Log: log,
 		Policy: dec, Monitor: cfg.Policy.Mode == config.PolicyMonitor, Approvals: svc})
 

@@ -241,6 +241,44 @@ func replay(steps []Step, seen int, notify func(Step)) int {
 	return seen
 }
 
+// CancelSessions cancels the pending requests of the given sessions,
+// which ended without their holds (vigil stopped or crashed while they
+// waited), so that nobody approves a command whose client is gone. It
+// returns how many it cancelled.
+func (s *Service) CancelSessions(ctx context.Context, sessions []string, reason string) (int,
+	error) {
+	if len(sessions) == 0 {
+		return 0, nil
+	}
+	gone := map[string]bool{}
+	for _, id := range sessions {
+		gone[id] = true
+	}
+	rs, err := s.store.List(ctx, StatusPending)
+	if err != nil {
+		return 0, fmt.Errorf("approvals: list pending requests: %w", err)
+	}
+	n := 0
+	for _, r := range rs {
+		if !gone[r.SessionID] {
+			continue
+		}
+		d := Decision{Status: StatusCancelled, Reason: reason, Time: s.now()}
+		out, err := s.store.Decide(ctx, r.ID, d)
+		switch {
+		case errors.Is(err, ErrNotPending):
+			continue
+		case err != nil:
+			return n, fmt.Errorf("approvals: cancel %s: %w", r.ID, err)
+		}
+		n++
+		s.log.Info("approvals: request cancelled", "id", r.ID, "session", r.SessionID,
+			"reason", reason)
+		s.hook(out)
+	}
+	return n, nil
+}
+
 // Covered reports whether an open window approval covers the statement sql
 // from id on connection. It fails closed: when the store cannot answer, it
 // logs and reports false, so the command is held again.

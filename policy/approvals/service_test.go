@@ -379,3 +379,40 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+// TestCancelSessions: requests a stopped or crashed vigil left pending for
+// sessions that are gone are cancelled at the next start; others stay.
+func TestCancelSessions(t *testing.T) {
+	forEachStore(t, func(t *testing.T, open func() Store) {
+		st := open()
+		ctx := context.Background()
+		ids := map[string]string{}
+		for _, session := range []string{"gone", "alive"} {
+			r := newRequest()
+			r.ID, r.SessionID, r.Status, r.Created = NewID(), session, StatusPending, time.Now()
+			if err := st.Create(ctx, r, Step{Kind: StepRequested, Actor: r.Requester,
+				Time: r.Created}); err != nil {
+				t.Fatal(err)
+			}
+			ids[session] = r.ID
+		}
+		s := newService(t, st, Options{})
+		n, err := s.CancelSessions(ctx, []string{"gone", "never-held"}, "vigil restarted")
+		if err != nil || n != 1 {
+			t.Fatalf("CancelSessions: %d, %v; want 1 cancelled", n, err)
+		}
+		for session, want := range map[string]string{"gone": StatusCancelled,
+			"alive": StatusPending} {
+			r, _, err := st.Get(ctx, ids[session])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Status != want {
+				t.Errorf("request of session %s is %s; want %s", session, r.Status, want)
+			}
+		}
+		if _, err := s.Decide(ctx, ids["gone"], dba(), true, ""); !errors.Is(err, ErrNotPending) {
+			t.Errorf("approving the cancelled request: %v; want ErrNotPending", err)
+		}
+	})
+}
