@@ -197,6 +197,7 @@ write_config() {
 start_gateway() {
 	"$VIGIL" gateway --config "$WORK/vigil.yaml" ${GATEWAY_FLAGS:-} \
 		>"$WORK/gateway.log" 2>&1 &
+	GW_PID=$!
 	PIDS+=($!)
 	wait_port "$GW_PORT" "vigil gateway" "$WORK/gateway.log" "${PIDS[-1]}"
 }

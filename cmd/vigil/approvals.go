@@ -33,7 +33,7 @@ You act as yourself: your Entra access token for vigil's API is read from
   export VIGIL_TOKEN=$(az account get-access-token --resource api://vigil \
       --query accessToken -o tsv)
 
-  vigil approvals list [--json]           requests waiting for you
+  vigil approvals list [--json]           requests waiting for you (and your own)
   vigil approvals approve ID [--reason R]
   vigil approvals deny ID --reason R`,
 }
@@ -51,7 +51,7 @@ var approvalsFlags approvalsOptions
 
 var approvalsListCmd = &cobra.Command{
 	Use:   "list",
-	Short: "List the requests you may decide (pending ones unless --status)",
+	Short: "List the requests you may see: yours and those you may decide (pending unless --status)",
 	Args:  cobra.NoArgs,
 	RunE: func(cmd *cobra.Command, _ []string) error {
 		status := approvalsFlags.status

@@ -198,9 +198,13 @@ func dash(s string) string {
 // result, and its failed logins, in seq order.
 func writeSession(w io.Writer, evs []audit.Event) error {
 	results := map[uint64]*audit.Result{}
+	approvalsOf := map[uint64][]audit.Event{}
 	for _, ev := range evs {
 		if ev.Kind == audit.KindResult && ev.Result != nil {
 			results[ev.Result.Command] = ev.Result
+		}
+		if ev.Kind == audit.KindApproval && ev.Approval != nil {
+			approvalsOf[ev.Approval.Command] = append(approvalsOf[ev.Approval.Command], ev)
 		}
 	}
 	ew := &errWriter{w: w}
@@ -209,12 +213,15 @@ func writeSession(w io.Writer, evs []audit.Event) error {
 		switch ev.Kind {
 		case audit.KindCommand:
 			writeCommand(ew, ev, results[ev.Seq])
+			// Its approval steps, under it: the result above came after
+			// them.
+			for _, a := range approvalsOf[ev.Seq] {
+				writeApproval(ew, a)
+			}
 		case audit.KindAuthFailed:
 			ew.printf("%5d  %s  %-11s %s\n", ev.Seq, stamp(ev.Time), "auth_failed",
 				reasonText(ev.Reason, ev.ReasonCode))
-		case audit.KindApproval:
-			writeApproval(ew, ev)
-		case audit.KindSessionStart, audit.KindSessionEnd, audit.KindResult:
+		case audit.KindApproval, audit.KindSessionStart, audit.KindSessionEnd, audit.KindResult:
 		default:
 			ew.printf("%5d  %s  %-11s %s\n", ev.Seq, stamp(ev.Time), ev.Kind, ev.Reason)
 		}
@@ -351,7 +358,7 @@ func writeCommand(ew *errWriter, ev audit.Event, r *audit.Result) {
 	}
 	if r != nil {
 		for _, m := range r.Masked {
-			ew.printf("%smasked: %s, %d values (%s, %s)\n", indent, m.Column, m.Values,
+			ew.printf("%smasked: column %s, %d by %s (%s)\n", indent, m.Column, m.Values,
 				m.Rule, m.Strategy)
 		}
 	}
@@ -363,7 +370,7 @@ func writeApproval(ew *errWriter, ev audit.Event) {
 	if a == nil {
 		return
 	}
-	line := fmt.Sprintf("%s of command %d", a.Step, a.Command)
+	line := a.Step
 	if a.Actor != nil {
 		line += " by " + a.Actor.Principal()
 	}
@@ -376,7 +383,7 @@ func writeApproval(ew *errWriter, ev audit.Event) {
 	if a.RequestID != "" {
 		line += " [request " + a.RequestID + "]"
 	}
-	ew.printf("%5d  %s  %-11s %s\n", ev.Seq, stamp(ev.Time), "approval", line)
+	ew.printf("       approval: %s (seq %d, %s)\n", line, ev.Seq, stamp(ev.Time))
 }
 
 // formatParams renders $1=... $2=...: NULL, binary values as their hex, text

@@ -90,5 +90,9 @@ for SESSION in $SESSIONS; do
 	"$VIGIL" audit show --config "$WORK/vigil.yaml" "$SESSION"
 done
 
+log "stopping the gateway: it writes a final signed checkpoint"
+kill -TERM "$GW_PID"
+wait "$GW_PID" 2>/dev/null || true
+
 log "vigil audit verify: hash chains, seq gaps, signed checkpoints"
 "$VIGIL" audit verify --config "$WORK/vigil.yaml"
