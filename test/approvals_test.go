@@ -486,9 +486,10 @@ func TestApprovalClientGoneCancels(t *testing.T) {
 	}
 }
 
-// TestApprovalSharedPostgresStore: two gateways share one PostgreSQL
-// approvals store; a request held by one is listed and approved through
-// the other, and the first runs the command.
+// TestApprovalSharedPostgresStore: two gateway processes share one
+// PostgreSQL approvals store: this test's in-process gateway and a
+// `vigil gateway` child process. A request held by the first is listed
+// and approved through the second, and the first runs the command.
 func TestApprovalSharedPostgresStore(t *testing.T) {
 	store := pgtest.Start(t, pgtest.Options{Auth: pgtest.AuthTrust})
 	dsnFile := filepath.Join(t.TempDir(), "dsn")
@@ -497,9 +498,44 @@ func TestApprovalSharedPostgresStore(t *testing.T) {
 	}
 	extra := "approvals:\n  store: postgres\n  postgres_dsn_file: " + dsnFile + "\n"
 	a := startApprovalsEnv(t, "", extra)
-	// The second gateway trusts the same issuer, as replicas do.
-	b := startEnv(t, envOptions{policy: "enforce", extraYAML: extra, issuerOf: a})
 	dba := a.approverToken(t, dbaOID, "dba")
+
+	// The second gateway: the same configuration with its own journal and
+	// HTTP port, as another replica would have.
+	cfg, err := os.ReadFile(a.cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpB := freeAddr(t)
+	dir := t.TempDir()
+	cfgB := strings.Replace(string(cfg), "dir: "+a.dataDir, "dir: "+filepath.Join(dir, "data"), 1)
+	cfgB = strings.Replace(cfgB, "http: 127.0.0.1:0", "http: "+httpB, 1)
+	if cfgB == string(cfg) || !strings.Contains(cfgB, httpB) {
+		t.Fatal("could not derive the second gateway's configuration")
+	}
+	cfgFileB := filepath.Join(dir, "vigil.yaml")
+	if err := os.WriteFile(cfgFileB, []byte(cfgB), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logB bytes.Buffer
+	b := exec.Command(vigilBinary(t), "gateway", "--config", cfgFileB)
+	b.Stdout, b.Stderr = &logB, &logB
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Process.Kill(); b.Wait() })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		res, err := http.Get("http://" + httpB + "/healthz")
+		if err == nil {
+			res.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the second gateway did not serve /healthz within 60s:\n%s", logB.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	done := make(chan error, 1)
 	go func() {
@@ -514,13 +550,13 @@ func TestApprovalSharedPostgresStore(t *testing.T) {
 		done <- err
 	}()
 	reqA := waitPending(t, a.http, dba, "DROP TABLE victims")
-	reqB := waitPending(t, b.http, dba, "DROP TABLE victims")
+	reqB := waitPending(t, httpB, dba, "DROP TABLE victims")
 	if reqA.ID != reqB.ID {
 		t.Fatalf("gateways list different requests: %s and %s", reqA.ID, reqB.ID)
 	}
-	if code := api(t, b.http, dba, "POST", "/api/approvals/"+reqB.ID+"/approve",
+	if code := api(t, httpB, dba, "POST", "/api/approvals/"+reqB.ID+"/approve",
 		approvals.DecisionBody{Reason: "ok"}, nil); code != 200 {
-		t.Fatalf("approve through the second gateway: HTTP %d", code)
+		t.Fatalf("approve through the second gateway: HTTP %d\n%s", code, logB.String())
 	}
 	select {
 	case err := <-done:
@@ -533,6 +569,17 @@ func TestApprovalSharedPostgresStore(t *testing.T) {
 	if n := tableCount(t, a.pg); n != -1 {
 		t.Errorf("victims still exists on the first gateway's cluster (%d rows)", n)
 	}
+}
+
+// freeAddr returns a loopback address with a port free at the moment.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // portOf is the port of a host:port address.

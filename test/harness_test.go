@@ -63,9 +63,6 @@ type envOptions struct {
 	extraYAML string
 	// auditYAML is added under audit:, each key indented two spaces.
 	auditYAML string
-	// issuerOf, when set, shares that env's dev issuer instead of
-	// starting one.
-	issuerOf *env
 	// dataDir, when set, is audit.dir (two gateways may share nothing
 	// else, so each takes its own).
 	dataDir string
@@ -84,17 +81,13 @@ func startEnv(t testing.TB, o envOptions) *env {
 		connExtra = o.connYAML(t, e.pg)
 	}
 
-	if o.issuerOf != nil {
-		e.issuer, e.iss = o.issuerOf.issuer, o.issuerOf.iss
-	} else {
-		iss, err := identity.NewDevIssuer(identity.DevTenant)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.issuer = iss
-		e.iss = httptest.NewServer(iss.Handler())
-		t.Cleanup(e.iss.Close)
+	iss, err := identity.NewDevIssuer(identity.DevTenant)
+	if err != nil {
+		t.Fatal(err)
 	}
+	e.issuer = iss
+	e.iss = httptest.NewServer(iss.Handler())
+	t.Cleanup(e.iss.Close)
 
 	dir := t.TempDir()
 	e.dataDir = filepath.Join(dir, "data")

@@ -403,3 +403,25 @@ func TestCardNumbersFoundInAnyText(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteWithoutWhereDeniedInPsql: the same denial as psql users see
+// it, in a script that goes on after it: the error names the rule, the
+// table is untouched, and the next statement runs.
+func TestDeleteWithoutWhereDeniedInPsql(t *testing.T) {
+	e := policyEnv(t)
+	out, stderr, err := psql(t, e.addr, "agent", e.token(t, identity.TokenSpec{}), "postgres",
+		"DELETE FROM customers;\n/* tidy up */ DELETE FROM customers;\nSELECT 1; DELETE FROM customers;\nSELECT 'still here' AS after;\n")
+	if err != nil {
+		t.Fatalf("psql: %v\n%s", err, stderr)
+	}
+	if n := strings.Count(stderr, "ERROR:  vigil: denied by policy"); n != 3 ||
+		!strings.Contains(stderr, "deny_delete_without_where") {
+		t.Errorf("psql stderr has %d denials; want 3 naming the rule:\n%s", n, stderr)
+	}
+	if !strings.Contains(out, "still here") {
+		t.Errorf("the statement after the denials did not run:\n%s", out)
+	}
+	if n := e.customers(t); n != 3 {
+		t.Errorf("customers has %d rows; want 3", n)
+	}
+}
