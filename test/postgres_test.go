@@ -644,7 +644,8 @@ func TestMessagesOverFourMegabytes(t *testing.T) {
 
 // TestMalformedRequestsRecordedNotRun: a Query vigil cannot decode (an
 // embedded NUL hiding a second statement) is recorded as a protocol
-// violation and never reaches the server; the connection closes. A
+// violation and never reaches the server; the client gets a FATAL error
+// naming it, and the connection closes. A
 // message type no client sends is recorded and left to the server, which
 // refuses it with its own FATAL error.
 func TestMalformedRequestsRecordedNotRun(t *testing.T) {
@@ -658,8 +659,17 @@ func TestMalformedRequestsRecordedNotRun(t *testing.T) {
 	msg := append([]byte{'Q', 0, 0, 0, 0}, q...)
 	binary.BigEndian.PutUint32(msg[1:], uint32(4+len(q)))
 	r.writeIn(msg, len(msg))
-	if m, err := r.fe.Receive(); err == nil {
-		t.Fatalf("after a malformed Query the connection answered %T; want it closed", m)
+	// The client is told, as PostgreSQL tells it, and the connection ends.
+	m, err := r.fe.Receive()
+	if e, ok := m.(*pgproto3.ErrorResponse); err != nil || !ok || e.Severity != "FATAL" ||
+		e.Code != "08P01" || !strings.Contains(e.Message, "malformed") {
+		t.Fatalf("after a malformed Query: %#v, %v; want FATAL 08P01 naming it", m, err)
+	}
+	for err == nil {
+		m, err = r.fe.Receive()
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			t.Fatal("the session went on after the FATAL error")
+		}
 	}
 	evs := e.lastSession(t)
 	var found bool

@@ -205,6 +205,10 @@ func (s *session) failed(out []byte, it *item, raw []byte) []byte {
 		r = audit.Result{Status: audit.StatusDenied, SQLState: it.denied.state(),
 			Message: it.denied.message}
 		out = rewriteDenial(out, it.denied, e.Severity)
+		if it.denied.fatal {
+			// Nothing follows a FATAL error: the session is over.
+			s.silenced = true
+		}
 		it.denied = nil
 		if it.kind == itemQuery {
 			// None of the query string ran: each statement was refused.

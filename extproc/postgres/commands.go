@@ -194,10 +194,23 @@ func (s *session) recordViolation(typ byte, raw []byte, why string) {
 	s.log.Warn("client protocol violation", "type", string(typ), "why", why)
 }
 
-// closeOnViolation ends a session whose client broke the protocol.
+// closeOnViolation ends a session whose client broke the protocol. The
+// client is told why, as PostgreSQL would (FATAL, SQLSTATE 08P01): the
+// server is sent a Query it refuses, its error is replaced with vigil's,
+// and the stream ends shortly after, closing both connections. The
+// malformed message itself never reaches the server.
 func (s *session) closeOnViolation(out []byte) ([]byte, extproc.Action) {
 	s.endReason = "client protocol violation: " + s.violation
-	return out, extproc.Close
+	abort := s.info.Abort
+	if abort == nil {
+		return out, extproc.Close
+	}
+	reason := errors.New(s.endReason)
+	time.AfterFunc(abortDelay, func() { abort(reason) })
+	s.pending = append(s.pending, &item{kind: itemQuery, denied: &denial{code: "08P01",
+		fatal: true, message: "vigil: " + s.violation + "; closing the connection",
+		hint: "the message was recorded and not run"}})
+	return append(out, s.deniedQuery(nil)...), extproc.Continue
 }
 
 // unrecorded refuses a command that could not be recorded: fail closed.

@@ -41,6 +41,8 @@ type denial struct {
 	// code is the SQLSTATE the client sees; default 42501.
 	code string
 	hint string
+	// fatal makes the client's error FATAL: the session ends after it.
+	fatal bool
 }
 
 // state is the SQLSTATE of the denial.
@@ -182,6 +184,9 @@ func (s *session) nonce() string {
 func rewriteDenial(out []byte, d *denial, severity string) []byte {
 	if severity == "" {
 		severity = "ERROR"
+	}
+	if d.fatal {
+		severity = "FATAL"
 	}
 	hint := d.hint
 	if hint == "" {

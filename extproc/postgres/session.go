@@ -160,6 +160,12 @@ func (s *session) OnServer(ctx context.Context, chunk []byte, eos bool) extproc.
 			break
 		}
 		out = s.fromServer(out, typ, raw)
+		s.mu.Lock()
+		silenced := s.silenced
+		s.mu.Unlock()
+		if silenced {
+			break
+		}
 	}
 	s.loginOver()
 
