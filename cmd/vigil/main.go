@@ -20,11 +20,14 @@ var root = &cobra.Command{
 	Short: "vigil records, checks and attributes what AI agents do over database connections",
 	Long: `vigil is an Envoy external processor that validates the agent's Microsoft Entra
 token, logs in upstream with the connection's own credential, decodes the wire
-protocol, and records every command in a tamper-evident journal.
+protocol, judges every statement with a Rego policy (allow, deny, mask, hold for
+approval), and records every command in a tamper-evident journal.
 
   vigil gateway --config vigil.yaml    standalone listeners + processor + journal
   vigil extproc --config vigil.yaml    gRPC service for Envoy
   vigil audit sessions | show | verify read the journal (or Elasticsearch)
+  vigil approvals list | approve | deny decide commands held for approval
+  vigil policy test [DIR]              run a policy bundle's Rego tests
   vigil elasticsearch setup            index template, ILM policy, Kibana objects
   vigil dev issuer | token             a local Entra-shaped issuer for trials and tests`,
 	SilenceUsage:  true,

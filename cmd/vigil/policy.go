@@ -15,7 +15,7 @@ import (
 func init() {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "work with Rego policy bundles",
+		Short: "Work with Rego policy bundles",
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "test [DIR]",
