@@ -34,12 +34,12 @@ PGPASSWORD=$(cat "$WORK/app_rw.password") "$PGBIN/pgbench" -i -s 1 -q \
 	-h 127.0.0.1 -p "$PG_PORT" -U app_rw demo >"$WORK/pgbench-init.log" 2>&1 ||
 	{ cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
-# run_pgbench NAME PORT USER PASSWORD MODE prints the tps of one run.
+# run_pgbench NAME PORT USER PASSWORD MODE CLIENTS prints the tps of one run.
 run_pgbench() {
 	local out="$WORK/pgbench-$1.log"
-	log "pgbench -S -M $5 -c $CLIENTS -j $THREADS -T $SECONDS_EACH ($1)"
+	log "pgbench -S -M $5 -c $6 -j $THREADS -T $SECONDS_EACH ($1)"
 	if ! PGPASSWORD=$4 timeout $((SECONDS_EACH + 60)) "$PGBIN/pgbench" -n -S -M "$5" \
-		-c "$CLIENTS" -j "$THREADS" -T "$SECONDS_EACH" \
+		-c "$6" -j "$THREADS" -T "$SECONDS_EACH" \
 		-h 127.0.0.1 -p "$2" -U "$3" demo >"$out" 2>&1; then
 		tail -n 20 "$out" >&2
 		tail -n 20 "$WORK/gateway.log" >&2
@@ -52,16 +52,20 @@ run_pgbench() {
 }
 
 PW=$(cat "$WORK/app_rw.password")
+# Each row: protocol and clients. More clients share each journal fsync
+# (group commit), so the ratio rises with concurrency.
+ROWS="simple:$CLIENTS extended:$CLIENTS simple:$((CLIENTS * 4))"
 declare -A TPS
-for mode in simple extended; do
-	TPS[$mode.direct]=$(run_pgbench "$mode-direct" "$PG_PORT" app_rw "$PW" "$mode")
-	TPS[$mode.vigil]=$(run_pgbench "$mode-vigil" "$GW_PORT" agent "$TOKEN" "$mode")
+for row in $ROWS; do
+	mode=${row%:*} clients=${row#*:}
+	TPS[$row.direct]=$(run_pgbench "$mode-$clients-direct" "$PG_PORT" app_rw "$PW" "$mode" "$clients")
+	TPS[$row.vigil]=$(run_pgbench "$mode-$clients-vigil" "$GW_PORT" agent "$TOKEN" "$mode" "$clients")
 done
 
 echo
-echo "pgbench select-only, scale 1, $CLIENTS clients, $THREADS threads, ${SECONDS_EACH}s each"
-printf '%-10s %12s %18s %7s\n' mode "direct tps" "through vigil tps" ratio
-for mode in simple extended; do
-	awk -v m="$mode" -v d="${TPS[$mode.direct]}" -v v="${TPS[$mode.vigil]}" \
-		'BEGIN { printf "%-10s %12.0f %18.0f %7.2f\n", m, d, v, (d > 0 ? v / d : 0) }'
+echo "pgbench select-only, scale 1, $THREADS threads, ${SECONDS_EACH}s each"
+printf '%-10s %8s %12s %18s %7s\n' mode clients "direct tps" "through vigil tps" ratio
+for row in $ROWS; do
+	awk -v m="${row%:*}" -v c="${row#*:}" -v d="${TPS[$row.direct]}" -v v="${TPS[$row.vigil]}" \
+		'BEGIN { printf "%-10s %8d %12.0f %18.0f %7.2f\n", m, c, d, v, (d > 0 ? v / d : 0) }'
 done
