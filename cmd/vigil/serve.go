@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os/signal"
 	"syscall"
 
@@ -23,7 +24,13 @@ x-vigil-connection (grpc_service.initial_metadata).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signalContext(cmd.Context())
 			defer stop()
-			a, err := start(ctx)
+			a, err := start(ctx, func(cfg *config.Config) error {
+				if cfg.Server.GRPC == "" {
+					return fmt.Errorf("%s: server.grpc: vigil extproc needs the address to "+
+						"serve Envoy on", cfg.Path)
+				}
+				return nil
+			})
 			if err != nil {
 				return err
 			}
@@ -64,11 +71,17 @@ reaches the server.`,
 	})
 }
 
-// start loads the configuration and assembles vigil.
-func start(ctx context.Context) (*app.App, error) {
+// start loads the configuration, runs the command's own checks on it
+// before anything is opened, and assembles vigil.
+func start(ctx context.Context, checks ...func(*config.Config) error) (*app.App, error) {
 	cfg, err := config.Load(flagConfig)
 	if err != nil {
 		return nil, err
+	}
+	for _, check := range checks {
+		if err := check(cfg); err != nil {
+			return nil, err
+		}
 	}
 	return app.New(ctx, cfg, logger(), app.Options{})
 }
