@@ -101,8 +101,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			return nil, err
 		}
 		dec = engine
-		log.Info("policy loaded", "dir", orBuiltIn(cfg.Policy.Dir), "mode", cfg.Policy.Mode,
-			"revision", engine.Revision())
+		log.Info("policy mode", "mode", cfg.Policy.Mode)
 	}
 	svc, store, err := approvalService(ctx, cfg, v, log)
 	if err != nil {
@@ -168,13 +167,6 @@ func approvalService(ctx context.Context, cfg *config.Config, v identity.Verifie
 	}
 	return approvals.NewService(store, v, approvals.Options{Webhook: hook.Reveal(),
 		PublicURL: cfg.Approvals.PublicURL, Log: log}), store, nil
-}
-
-func orBuiltIn(dir string) string {
-	if dir == "" {
-		return "(built in)"
-	}
-	return dir
 }
 
 // graphResolver builds the Microsoft Graph group resolver from the config.
