@@ -489,6 +489,20 @@ func TestUpstreamAuthMethods(t *testing.T) {
 			}
 			conn.Close(context.Background())
 
+			// A client that sends its token with its startup, before the
+			// server asks, waits for the request and logs in.
+			r := dialRaw(t, e.addr)
+			b, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+				Parameters: map[string]string{"user": "agent", "database": "postgres"}}).Encode(nil)
+			b, _ = (&pgproto3.PasswordMessage{Password: tok}).Encode(b)
+			r.writeIn(b, len(b))
+			for _, m := range r.until(isReady) {
+				if er, ok := m.(*pgproto3.ErrorResponse); ok {
+					t.Fatalf("startup and token in one write: %s %s", er.Severity, er.Message)
+				}
+			}
+			r.c.Close()
+
 			// A refused token never reaches a login upstream.
 			_, stderr, err = psql(t, e.addr, "agent", "not-a-token", "postgres", "",
 				"-c", "SELECT 1")

@@ -196,6 +196,18 @@ func (s *session) password(ctx context.Context, out, raw []byte) ([]byte, extpro
 	}
 	s.auth.verified = true
 
+	// A client that sent its token before the server asked for one (in the
+	// same write as its startup) waits here for the server's request.
+	for s.auth.asked == 0 && !s.auth.holding && s.auth.failure == "" {
+		if !s.waitServer(ctx) {
+			s.refuse("the client went away during the login", "client_gone")
+			return s.provoke(out), extproc.Continue
+		}
+	}
+	if s.auth.failure != "" {
+		return s.provoke(out), extproc.Continue
+	}
+
 	// Log in upstream with the connection's own credential.
 	if s.auth.holding {
 		return s.provoke(out), extproc.Continue
@@ -226,6 +238,24 @@ func (s *session) password(ctx context.Context, out, raw []byte) ([]byte, extpro
 	}
 	b, _ := (&pgproto3.PasswordMessage{Password: secret}).Encode(out)
 	return b, extproc.Continue
+}
+
+// waitServer releases mu until the next server chunk has been handled or
+// ctx ends; it reports whether a chunk came. mu is held on entry and
+// return.
+func (s *session) waitServer(ctx context.Context) bool {
+	if s.serverSeen == nil {
+		s.serverSeen = make(chan struct{})
+	}
+	ch := s.serverSeen
+	s.mu.Unlock()
+	defer s.mu.Lock()
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // provoke sends the server a Sync in place of the client's password. In

@@ -75,6 +75,9 @@ type session struct {
 	unknown string
 	// endReason says why vigil ended the session, for its end event.
 	endReason string
+	// serverSeen, when set, is closed after the next server chunk (see
+	// waitServer).
+	serverSeen chan struct{}
 	// loginCounted is set while this session counts against its
 	// connection's limit of logins in progress.
 	loginCounted bool
@@ -171,6 +174,10 @@ func (s *session) OnServer(ctx context.Context, chunk []byte, eos bool) extproc.
 
 	// The client may only see an answer once its record is durable.
 	s.mu.Lock()
+	if s.serverSeen != nil {
+		close(s.serverSeen) // wake a token that came before the server asked
+		s.serverSeen = nil
+	}
 	rec, wait := s.rec, s.recorded
 	s.recorded = false
 	s.mu.Unlock()
