@@ -307,10 +307,10 @@ func (j *Journal) loadState(segs []int) (stopped bool, err error) {
 				return &CorruptError{Segment: rec.Segment, Offset: rec.Offset, Err: err}
 			}
 			hash, _ := decodeHash(rec.Hash) // checked by the scan
+			// Sessions that ended after the checkpoint stay, marked ended
+			// and dirty: the next checkpoint must vouch for their last
+			// events, or verify finds them covered by none.
 			j.noteHead(&ev, hash)
-			if ev.Kind == KindSessionEnd {
-				delete(j.heads, ev.SessionID)
-			}
 			stopped = false
 			return nil
 		},
@@ -325,7 +325,6 @@ func (j *Journal) loadState(segs []int) (stopped bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	clear(j.dirty)
 	return stopped, j.findBases(segs[:from+1])
 }
 
@@ -335,7 +334,7 @@ func (j *Journal) loadState(segs []int) (stopped bool, err error) {
 func (j *Journal) findBases(segs []int) error {
 	missing := map[string]*headState{}
 	for id, h := range j.heads {
-		if !hasBase(&h.base) {
+		if !h.ended && !hasBase(&h.base) {
 			missing[id] = h
 		}
 	}
@@ -375,7 +374,13 @@ func (j *Journal) findBases(segs []int) error {
 // until they are durable. It runs in Open, after the writer started.
 func (j *Journal) endDangling(stopped bool) error {
 	j.mu.Lock()
-	if len(j.heads) == 0 {
+	var ids []string
+	for _, id := range slices.Sorted(maps.Keys(j.heads)) {
+		if !j.heads[id].ended {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 && len(j.dirty) == 0 {
 		j.mu.Unlock()
 		return nil
 	}
@@ -384,7 +389,6 @@ func (j *Journal) endDangling(stopped bool) error {
 		reason = ReasonStopped
 	}
 	now := time.Now().UTC()
-	ids := slices.Sorted(maps.Keys(j.heads))
 	for _, id := range ids {
 		h := j.heads[id]
 		ev := h.base
@@ -409,8 +413,13 @@ func (j *Journal) endDangling(stopped bool) error {
 	if err := j.waitTicket(t); err != nil {
 		return err
 	}
-	j.log.Warn("audit journal: ended the sessions left open", "sessions", len(ids),
-		"reason", reason)
+	if len(ids) > 0 {
+		j.log.Warn("audit journal: ended the sessions left open", "sessions", len(ids),
+			"reason", reason)
+	} else {
+		j.log.Info("audit journal: a checkpoint now covers the sessions that ended after " +
+			"the last one")
+	}
 	j.mu.Lock()
 	j.dangling = ids
 	j.mu.Unlock()
