@@ -14,9 +14,9 @@
 // journal.lock) and starts a single writer goroutine. Journal.Begin starts a
 // session and returns its Recorder; Recorder.Record appends without waiting;
 // Recorder.Sync waits until the session's events are durable. The writer
-// takes everything queued, writes it with one write and fsyncs once (group
-// commit), so one fsync covers the events of every session waiting at that
-// moment. The PostgreSQL processor syncs before a server answer reaches the
+// takes everything queued, writes it with one write and makes it durable
+// with one fdatasync (group commit), so one sync covers the events of every
+// session waiting at that moment. The PostgreSQL processor syncs before a server answer reaches the
 // client: no acknowledged command is lost in a crash.
 //
 // When a write or fsync fails, the journal fails closed: that call and every
@@ -39,6 +39,27 @@
 // session's end event restates its seq (Session.Events) and the hash
 // before it (Session.LastHash).
 //
+// The segment being written is preallocated: the writer fills it with
+// zeros a chunk at a time (4 MiB, or MaxSegmentSize when smaller) and
+// fsyncs them whenever the write position comes within a quarter chunk of
+// their end, never past MaxSegmentSize plus one chunk. Records are then
+// written in place at the logical end and made durable with fdatasync,
+// which need not commit the file's size (on ext4 about 0.12 ms instead of
+// 0.19 ms for an append and fsync). A batch larger than 1 MiB is written
+// and synced in pieces of at most 1 MiB. Writing zeros, not fallocate: an
+// unwritten extent would still cost a metadata commit. When preallocation
+// fails (a full disk, a file size limit) the writer writes on without it,
+// and fails closed only when the records themselves cannot be written. On
+// rotation and on a clean Close the segment is truncated to its last
+// record and fsynced, so a finished segment has no zero tail.
+//
+// The logical end of a segment is the end of its last whole record: a 0
+// byte where a record would start, or in a line (no record holds one: JSON
+// escapes it), marks it. Every reader stops there, reading the zeros
+// neither as a line nor as damage: Open, ReadSessions, ReadSession,
+// ReadRecords, JournalSource, and package audit/es's reader, which leaves
+// the zeros as not yet written.
+//
 // # Checkpoints
 //
 // Every Options.CheckpointInterval, also when nothing happened, and at a
@@ -59,11 +80,20 @@
 //
 // # Recovery
 //
-// A crash can leave the newest segment ending in part of a record. Open cuts
-// such a torn tail back to the last whole record and logs a warning. Damage
-// followed by whole records, or a record whose hash does not match its
-// bytes, is not a crash's doing: Open and the readers return a
-// *CorruptError naming the segment and the byte offset.
+// A crash leaves the newest segment ending in its zero-filled tail, maybe
+// after part of a record. A power loss can even keep some pages of the
+// last write and not others, so bytes of that write can follow zeros; but
+// that write was at most 1 MiB and everything before it was synced, so a
+// crash's damage lies within 1 MiB of the first 0 byte after the last
+// whole record. Open cuts the tail back to the last whole record, with a
+// warning (a torn record, or the zero tail of a segment not closed
+// cleanly), and preallocates on from there. Damage followed by whole
+// records, non-zero bytes more than 1 MiB past the zeros, or a record
+// whose hash does not match its bytes, is not a crash's doing: Open and
+// the readers return a *CorruptError naming the segment and the byte
+// offset. (A reader that finds such bytes while the writer writes checks
+// that the zeros it saw are still zeros; if not, the writer wrote on, and
+// the read ends where it saw the zeros.)
 //
 // Open then replays the journal from its last checkpoint, continues the
 // checkpoint chain from it, and records an end event for every session

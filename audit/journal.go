@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrJournalUnavailable is wrapped by every error a Journal returns once it
@@ -31,6 +33,18 @@ const (
 	DefaultMaxSegmentSize = 64 << 20
 	DefaultMaxPending     = 16 << 20
 )
+
+// Preallocation of the segment being written: the writer keeps at least
+// preallocLow (a quarter of the chunk) zero-filled, fsynced bytes ahead of
+// the write position, extending the file by a chunk of preallocChunk
+// (less for segments smaller than that) whenever it comes closer, but
+// never past MaxSegmentSize plus one chunk. A record written there with
+// fdatasync then needs no metadata commit (the file's size does not
+// change).
+const preallocChunk = 4 << 20
+
+// zeros is what preallocation writes.
+var zeros = make([]byte, 256<<10)
 
 // Options tune a Journal. The zero value is usable.
 type Options struct {
@@ -93,9 +107,11 @@ type Journal struct {
 	stop   chan struct{}     // closed by Close to stop the checkpoint ticker
 
 	// Owned by the writer goroutine after Open.
-	seg     *os.File
-	segNum  int
-	segSize int64
+	seg      *os.File
+	segNum   int
+	segSize  int64 // the logical end: bytes of whole records written
+	segAlloc int64 // the file's size: segSize, then zeros
+	noAlloc  bool  // preallocation failed in this segment; write without
 }
 
 // Open opens the journal in dir, creating dir (mode 0700) when needed, and
@@ -200,16 +216,17 @@ func (j *Journal) openTail() (stopped bool, err error) {
 	if stopped, err = j.loadState(segs); err != nil {
 		return false, err
 	}
-	f, err := os.OpenFile(filepath.Join(j.dir, segmentName(last)), os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(filepath.Join(j.dir, segmentName(last)), os.O_RDWR, 0)
 	if err != nil {
 		return false, fmt.Errorf("audit: open journal: %w", err)
 	}
-	j.seg, j.segNum, j.segSize = f, last, size
+	j.seg, j.segNum, j.segSize, j.segAlloc, j.noAlloc = f, last, size, size, false
 	return stopped, nil
 }
 
-// recover checks the newest segment and cuts a torn tail; it returns the
-// segment's size afterwards.
+// recover checks the newest segment and cuts it back to its logical end:
+// a torn tail, and the zero-filled tail a crash leaves in a preallocated
+// segment. It returns the segment's size afterwards.
 func (j *Journal) recover(num int) (int64, error) {
 	path := filepath.Join(j.dir, segmentName(num))
 	res, err := scanSegment(path, visitor{
@@ -218,7 +235,7 @@ func (j *Journal) recover(num int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if res.tornAt < 0 {
+	if res.end == res.size {
 		return res.size, nil
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
@@ -226,22 +243,27 @@ func (j *Journal) recover(num int) (int64, error) {
 		return 0, fmt.Errorf("audit: recover %s: %w", segmentName(num), err)
 	}
 	defer f.Close()
-	if err := f.Truncate(res.tornAt); err != nil {
+	if err := f.Truncate(res.end); err != nil {
 		return 0, fmt.Errorf("audit: recover %s: %w", segmentName(num), err)
 	}
 	if err := f.Sync(); err != nil {
 		return 0, fmt.Errorf("audit: recover %s: %w", segmentName(num), err)
 	}
-	j.log.Warn("audit journal: cut a torn record at the end of a segment",
-		"segment", segmentName(num), "offset", res.tornAt, "bytes", res.size-res.tornAt)
-	return res.tornAt, nil
+	if res.tornAt >= 0 {
+		j.log.Warn("audit journal: cut a torn record at the end of a segment",
+			"segment", segmentName(num), "offset", res.end, "bytes", res.size-res.end)
+	} else {
+		j.log.Warn("audit journal: cut the preallocated zero tail of a segment left by a crash",
+			"segment", segmentName(num), "offset", res.end, "bytes", res.size-res.end)
+	}
+	return res.end, nil
 }
 
 // createSegment creates segment num, makes its directory entry durable and
 // makes it the current segment.
 func (j *Journal) createSegment(num int) error {
 	path := filepath.Join(j.dir, segmentName(num))
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("audit: create segment: %w", err)
 	}
@@ -249,7 +271,7 @@ func (j *Journal) createSegment(num int) error {
 		f.Close()
 		return fmt.Errorf("audit: create segment: %w", err)
 	}
-	j.seg, j.segNum, j.segSize = f, num, 0
+	j.seg, j.segNum, j.segSize, j.segAlloc, j.noAlloc = f, num, 0, 0, false
 	return nil
 }
 
@@ -288,7 +310,13 @@ func (j *Journal) close() {
 	if j.err != nil {
 		errs = append(errs, j.err)
 	}
+	failed := j.err != nil
 	j.mu.Unlock()
+	if !failed { // after a failure the next Open cuts the tail
+		if err := j.trim(); err != nil {
+			errs = append(errs, fmt.Errorf("audit: close journal: %w", err))
+		}
+	}
 	if err := j.seg.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		errs = append(errs, fmt.Errorf("audit: close journal: %w", err))
 	}
@@ -369,18 +397,86 @@ func (j *Journal) run() {
 	}
 }
 
-// write appends batch to the current segment, rotating first when the
-// batch would take it over MaxSegmentSize, and fsyncs.
+// write writes batch at the logical end of the current segment, rotating
+// first when the batch would take it over MaxSegmentSize, into the
+// preallocated zeros, and fdatasyncs: in pieces of at most maxWriteSize,
+// each made durable before the next, so that a crash can tear only the
+// last piece (see checkZeroTail).
 func (j *Journal) write(batch []byte) error {
 	if j.segSize > 0 && j.segSize+int64(len(batch)) > j.opts.MaxSegmentSize {
 		if err := j.rotate(); err != nil {
 			return err
 		}
 	}
-	n, err := j.seg.Write(batch)
-	j.segSize += int64(n)
+	j.preallocate(j.segSize + int64(len(batch)))
+	for len(batch) > 0 {
+		piece := batch[:min(len(batch), maxWriteSize)]
+		n, err := j.seg.WriteAt(piece, j.segSize)
+		j.segSize += int64(n)
+		j.segAlloc = max(j.segAlloc, j.segSize)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", segmentName(j.segNum), err)
+		}
+		// fdatasync also commits the size when the write went past the
+		// preallocated end.
+		if err := unix.Fdatasync(int(j.seg.Fd())); err != nil {
+			return fmt.Errorf("fdatasync %s: %w", segmentName(j.segNum), err)
+		}
+		batch = batch[n:]
+	}
+	return nil
+}
+
+// preallocate makes sure the current segment holds zeros, fsynced, up to
+// need plus a quarter chunk, extending it a chunk at a time but not past
+// MaxSegmentSize plus a chunk. A failure (a full disk, a file size limit)
+// only turns preallocation off for this segment: the write that follows
+// then extends the file itself, and fails on its own if it must.
+func (j *Journal) preallocate(need int64) {
+	chunk := min(int64(preallocChunk), max(j.opts.MaxSegmentSize, 4096))
+	limit := j.opts.MaxSegmentSize + chunk
+	if j.noAlloc || need+chunk/4 <= j.segAlloc || j.segAlloc >= limit {
+		return
+	}
+	target := j.segAlloc + chunk
+	for target < need+chunk/4 {
+		target += chunk
+	}
+	target = min(target, limit)
+	err := j.fillZeros(j.segAlloc, target)
+	if err == nil {
+		err = j.seg.Sync()
+	}
 	if err != nil {
-		return fmt.Errorf("write %s: %w", segmentName(j.segNum), err)
+		j.noAlloc = true
+		j.seg.Truncate(j.segAlloc) // best effort: zeros past it are harmless
+		j.log.Warn("audit journal: cannot preallocate; writing without",
+			"segment", segmentName(j.segNum), "err", err)
+		return
+	}
+	j.segAlloc = target
+}
+
+// fillZeros writes zeros into the current segment from off to end.
+func (j *Journal) fillZeros(off, end int64) error {
+	for off < end {
+		n, err := j.seg.WriteAt(zeros[:min(int64(len(zeros)), end-off)], off)
+		off += int64(n)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// trim cuts the current segment's zero tail, so that a finished segment
+// ends in its last record, and fsyncs it.
+func (j *Journal) trim() error {
+	if j.segAlloc > j.segSize {
+		if err := j.seg.Truncate(j.segSize); err != nil {
+			return fmt.Errorf("truncate %s: %w", segmentName(j.segNum), err)
+		}
+		j.segAlloc = j.segSize
 	}
 	if err := j.seg.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", segmentName(j.segNum), err)
@@ -388,10 +484,12 @@ func (j *Journal) write(batch []byte) error {
 	return nil
 }
 
-// rotate closes the current segment (already fsynced by the last write) and
-// starts the next one.
+// rotate trims and closes the current segment and starts the next one.
 func (j *Journal) rotate() error {
 	old := j.segNum
+	if err := j.trim(); err != nil {
+		return err
+	}
 	if err := j.seg.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", segmentName(old), err)
 	}

@@ -149,10 +149,22 @@ func decodeHash(s string) ([sha256.Size]byte, error) {
 	return h, err
 }
 
+// maxWriteSize bounds the bytes the writer hands the kernel between two
+// fdatasyncs (a larger batch is written in pieces, each made durable before
+// the next). The active segment is written in place, inside a zero-filled
+// preallocated region, so a power loss during a write can keep any subset
+// of that write's pages: the damage a crash can leave lies within
+// maxWriteSize of the end of the last whole record. Non-zero bytes further
+// on, after zeros, are not a crash's doing but corruption.
+const maxWriteSize = 1 << 20
+
 // scanResult is what scanSegment found.
 type scanResult struct {
-	size   int64 // bytes in the file
-	tornAt int64 // start of the torn tail, or -1
+	size int64 // bytes in the file
+	// end is the logical end: the end of the last whole record before any
+	// damage, a zero byte where a record would start, or the end of file.
+	end    int64
+	tornAt int64 // start of a torn tail (non-zero bytes that are not whole records after end), or -1
 }
 
 // visitor says what scanSegment hands back.
@@ -176,12 +188,32 @@ func (v *visitor) wants(line []byte) bool {
 	return v.record != nil && (v.want == nil || v.want(line))
 }
 
+// nextLine reads one line with its newline (without one at the end of the
+// file). zero reports that the line holds a 0 byte: no record does (JSON
+// escapes it), so it is the zero-filled tail of a preallocated segment, or
+// a record not (yet) wholly written into it. The line is then not read
+// past the buffered bytes holding that 0, so a zero tail is never read
+// into memory as a line.
+func nextLine(br *bufio.Reader) (line []byte, zero bool, err error) {
+	for {
+		frag, err := br.ReadSlice('\n')
+		if bytes.IndexByte(frag, 0) >= 0 {
+			return line, true, nil
+		}
+		line = append(line, frag...)
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return line, false, err
+		}
+	}
+}
+
 // scanSegment reads one segment line by line and hands v every whole
 // record and checkpoint it wants. Lines v does not want are not decoded
 // unless damage was seen before them. Damage that runs to the end of the
 // file is a torn tail, reported in the result; damage followed by a whole
 // line, or a record with a wrong hash (unless v.lenient), is a
-// *CorruptError.
+// *CorruptError. A line holding a 0 byte is the logical end (see
+// checkZeroTail): the zero-filled tail of the segment being written.
 func scanSegment(path string, v visitor) (scanResult, error) {
 	res := scanResult{tornAt: -1}
 	name := filepath.Base(path)
@@ -193,16 +225,20 @@ func scanSegment(path string, v visitor) (scanResult, error) {
 
 	br := bufio.NewReaderSize(f, 256<<10)
 	var tearErr error
+	var pos int64 // bytes read as lines
 	for {
-		line, err := br.ReadBytes('\n')
+		line, zero, err := nextLine(br)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return res, fmt.Errorf("audit: read %s: %w", name, err)
+		}
+		off := pos
+		if zero {
+			return checkZeroTail(f, name, off, res)
 		}
 		if len(line) == 0 {
 			break
 		}
-		off := res.size
-		res.size += int64(len(line))
+		pos += int64(len(line))
 		if line[len(line)-1] != '\n' { // the last line, cut short
 			if res.tornAt < 0 {
 				res.tornAt = off
@@ -228,6 +264,71 @@ func scanSegment(path string, v visitor) (scanResult, error) {
 			return res, &CorruptError{Segment: name, Offset: res.tornAt, Err: tearErr}
 		}
 	}
+	res.size, res.end = pos, pos
+	if res.tornAt >= 0 {
+		res.end = res.tornAt
+	}
+	return res, nil
+}
+
+// checkZeroTail judges what follows the line at off that holds a 0 byte.
+// Let z be the first 0 byte from off. Whole records are never written
+// with a 0 in them, and the writer makes each piece of at most
+// maxWriteSize durable before it writes the next, so whatever a crash
+// tore lies before z+maxWriteSize: non-zero bytes from off up to there
+// are a torn write, reported as res.tornAt for Open to cut (a reader
+// leaves them, as not yet written). Non-zero bytes at or after
+// z+maxWriteSize are a *CorruptError, unless the writer wrote on while we
+// read (the byte at z is no longer 0, or the file shrank in a rotation):
+// then the scan ends at off, as if it had run a moment earlier.
+func checkZeroTail(f *os.File, name string, off int64, res scanResult) (scanResult, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return res, fmt.Errorf("audit: read %s: %w", name, err)
+	}
+	res.size, res.end = fi.Size(), off
+	if res.tornAt >= 0 {
+		res.end = res.tornAt
+	}
+	buf := make([]byte, 64<<10)
+	z, far, junk := int64(-1), int64(-1), false
+	for p := off; p < res.size && far < 0; {
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), res.size-p)], p)
+		if n == 0 && err != nil {
+			if errors.Is(err, io.EOF) { // the file shrank: the writer rotated
+				break
+			}
+			return res, fmt.Errorf("audit: read %s: %w", name, err)
+		}
+		for i, c := range buf[:n] {
+			at := p + int64(i)
+			switch {
+			case c == 0:
+				if z < 0 {
+					z = at
+				}
+			case z < 0 || at < z+maxWriteSize:
+				junk = true
+			default:
+				far = at
+			}
+			if far >= 0 {
+				break
+			}
+		}
+		p += int64(n)
+	}
+	if far >= 0 {
+		var b [1]byte
+		if n, _ := f.ReadAt(b[:], z); n == 0 || b[0] != 0 {
+			return scanResult{size: off, end: off, tornAt: -1}, nil
+		}
+		return res, &CorruptError{Segment: name, Offset: z,
+			Err: fmt.Errorf("zeros followed by data at offset %d", far)}
+	}
+	if junk && res.tornAt < 0 {
+		res.tornAt = off
+	}
 	return res, nil
 }
 
@@ -251,8 +352,9 @@ func scanLine(line []byte, seg string, off int64, v *visitor, deliver bool) (per
 }
 
 // scanJournal scans every segment of dir in order. Only the newest segment
-// may end in a torn record (the writer may be in the middle of it, or a
-// crash left it for the next Open to cut); it is skipped.
+// may end in a torn record or a zero-filled tail (the writer may be in the
+// middle of it, or a crash left it for the next Open to cut); it is
+// skipped.
 func scanJournal(dir string, v visitor) error {
 	nums, err := listSegments(dir)
 	if err != nil {
@@ -269,6 +371,8 @@ func scanSegments(dir string, nums []int, v visitor) error {
 		if err != nil {
 			return err
 		}
+		// A zero tail (res.end < res.size, nothing torn) in a closed
+		// segment loses nothing; the writer truncates it on rotation.
 		if res.tornAt >= 0 && i < len(nums)-1 {
 			return &CorruptError{Segment: segmentName(n), Offset: res.tornAt,
 				Err: errors.New("a closed segment ends in a partial record")}

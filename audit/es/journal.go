@@ -29,7 +29,8 @@ var checkpointPrefix = []byte(`{"checkpoint":`)
 
 // JournalSource returns the Source that reads the journal in dir: segment
 // files read in order from a Cursor, without the writer's lock. A line the
-// writer has not finished (no newline yet) is left for a later call.
+// writer has not finished (no newline yet, or a 0 byte: the zero-filled
+// preallocated tail of the segment being written) is left for a later call.
 //
 // TODO(es): this reads package audit's line format itself because audit
 // has no positional reader; an audit.ReadFrom(dir, pos, max) would let
@@ -113,9 +114,11 @@ func (j journalSource) readSegment(pos Cursor, max int) ([]Record, error) {
 	off := pos.Offset
 	var out []Record
 	for len(out) < max {
-		line, err := br.ReadBytes('\n')
-		if len(line) == 0 || line[len(line)-1] != '\n' {
-			// The end, or a line still being written.
+		line, zero, err := nextLine(br)
+		if zero || len(line) == 0 || line[len(line)-1] != '\n' {
+			// The end, or a line still being written: the zero-filled
+			// tail of the segment being written, or a record not yet
+			// wholly written into it, is not yet written.
 			if err != nil && !errors.Is(err, io.EOF) {
 				return out, fmt.Errorf("es: journal %s: %w", pos.Segment, err)
 			}
@@ -131,6 +134,23 @@ func (j journalSource) readSegment(pos Cursor, max int) ([]Record, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// nextLine reads one line with its newline. zero reports a 0 byte in it:
+// package audit preallocates the segment it writes with zeros, and no
+// record holds one, so that is the segment's end for now. The zeros are
+// not read on as part of the line.
+func nextLine(br *bufio.Reader) (line []byte, zero bool, err error) {
+	for {
+		frag, err := br.ReadSlice('\n')
+		if bytes.IndexByte(frag, 0) >= 0 {
+			return line, true, nil
+		}
+		line = append(line, frag...)
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return line, false, err
+		}
+	}
 }
 
 // parseLine decodes one journal line (without its newline): an event
