@@ -281,6 +281,22 @@ type Policy struct {
 	// record every decision, but let everything through unmasked: for
 	// rolling a policy out) or off (no policy at all).
 	Mode string `yaml:"mode"`
+	// HashKeyFile holds the key of the hash masking strategy (at least 16
+	// bytes, a secret): replicas sharing it hash equal values equally, so
+	// masked columns still join. Without it the key is random per process.
+	HashKeyFile string `yaml:"hash_key_file"`
+}
+
+// HashKey reads policy.hash_key_file, or returns nil when it is not set.
+func (p *Policy) HashKey() ([]byte, error) {
+	if p.HashKeyFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(p.HashKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("config: policy.hash_key_file: %w", err)
+	}
+	return bytes.TrimRight(b, "\r\n"), nil
 }
 
 // Policy modes.
@@ -479,6 +495,7 @@ func (c *Config) resolvePaths(base string) {
 		}
 	}
 	rel(&c.Policy.Dir)
+	rel(&c.Policy.HashKeyFile)
 	rel(&c.Approvals.PostgresDSNFile)
 	rel(&c.Approvals.WebhookFile)
 	if c.Identity.Graph != nil {

@@ -8,7 +8,9 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"regexp"
+	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
 )
@@ -182,18 +184,32 @@ func isJWT(v []byte) bool {
 
 // hashKey keys the hash strategy, so that masked values of small domains
 // (national ids, phone numbers) cannot be reversed by hashing every
-// candidate. It is random per process: equal values hash equally within one
-// vigil process, not across restarts or replicas.
-//
-// TODO(policy): take the key from configuration so that hashes join across
-// replicas; needs a secret file in vigil.yaml.
-var hashKey = func() []byte {
+// candidate. Without SetHashKey it is random per process: equal values hash
+// equally within one vigil process, not across restarts or replicas.
+var hashKey atomic.Pointer[[]byte]
+
+func init() {
 	k := make([]byte, 32)
 	if _, err := rand.Read(k); err != nil {
 		panic("policy: no randomness for the masking key: " + err.Error())
 	}
-	return k
-}()
+	hashKey.Store(&k)
+}
+
+// MinHashKey is the shortest key SetHashKey accepts.
+const MinHashKey = 16
+
+// SetHashKey keys the hash strategy with key (policy.hash_key_file), so
+// that equal values hash equally across restarts and replicas sharing it.
+func SetHashKey(key []byte) error {
+	if len(key) < MinHashKey {
+		return fmt.Errorf("policy: the masking hash key has %d bytes; want at least %d",
+			len(key), MinHashKey)
+	}
+	k := bytes.Clone(key)
+	hashKey.Store(&k)
+	return nil
+}
 
 // Redacted is what the redact strategy puts in place of a value.
 const Redacted = "[REDACTED]"
@@ -213,7 +229,7 @@ func MaskValue(strategy string, value []byte) (masked []byte, isNull bool) {
 	case "partial":
 		return partial(value), false
 	case "hash":
-		mac := hmac.New(sha256.New, hashKey)
+		mac := hmac.New(sha256.New, *hashKey.Load())
 		mac.Write(value)
 		sum := mac.Sum(nil)
 		return []byte("hash:" + hex.EncodeToString(sum[:8])), false

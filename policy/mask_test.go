@@ -86,3 +86,26 @@ func TestMaskValue(t *testing.T) {
 		t.Errorf("MaskValue modified its input: %q", in)
 	}
 }
+
+// TestSetHashKey: with a configured key the hash strategy gives the same
+// result in every process sharing it, a different one under another key;
+// short keys are refused.
+func TestSetHashKey(t *testing.T) {
+	old := *hashKey.Load()
+	t.Cleanup(func() { hashKey.Store(&old) })
+	if err := SetHashKey([]byte("short")); err == nil {
+		t.Error("a 5-byte key was accepted")
+	}
+	hashOf := func(key string) string {
+		if err := SetHashKey([]byte(key)); err != nil {
+			t.Fatal(err)
+		}
+		v, _ := MaskValue("hash", []byte("ann@example.com"))
+		return string(v)
+	}
+	a1, b, a2 := hashOf("key-one-0123456789"), hashOf("key-two-0123456789"),
+		hashOf("key-one-0123456789")
+	if a1 != a2 || a1 == b || !strings.HasPrefix(a1, "hash:") {
+		t.Errorf("hashes %q, %q, %q: want equal under one key, different under another", a1, a2, b)
+	}
+}

@@ -70,6 +70,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 	if err := cfg.CheckSecrets(); err != nil {
 		return nil, err
 	}
+	if key, err := cfg.Policy.HashKey(); err != nil {
+		return nil, err
+	} else if key != nil {
+		if err := policy.SetHashKey(key); err != nil {
+			return nil, fmt.Errorf("%s: policy.hash_key_file: %w", cfg.Path, err)
+		}
+	}
 	j, err := audit.Open(cfg.Audit.Dir, audit.Options{Log: log})
 	if err != nil {
 		return nil, err

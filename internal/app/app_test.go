@@ -62,3 +62,42 @@ audit:
 		}
 	}
 }
+
+// TestNewRefusesBadHashKey: a hash key file that is missing or too short
+// stops New, naming the key.
+func TestNewRefusesBadHashKey(t *testing.T) {
+	for name, key := range map[string]*string{"missing": nil, "short": ptr("0123456789")} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if key != nil {
+				if err := os.WriteFile(filepath.Join(dir, "mask-key"), []byte(*key), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			src := "identity:\n  tenants: [t1]\n  audiences: [api://vigil]\n" +
+				"connections:\n  - name: db\n    type: postgres\n    listen: 127.0.0.1:0\n" +
+				"    upstream: 127.0.0.1:5432\n    credential: {auth: trust, user: app}\n" +
+				"    access: role:x\npolicy:\n  mode: off\n  hash_key_file: mask-key\n" +
+				"audit:\n  dir: data\n"
+			path := filepath.Join(dir, "vigil.yaml")
+			if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := config.Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			a, err := New(context.Background(), cfg, log, Options{Verifier: refuseAll{}})
+			if err == nil {
+				a.Close()
+				t.Fatal("New started with a bad hash key file")
+			}
+			if !strings.Contains(err.Error(), "policy.hash_key_file") {
+				t.Errorf("error %q does not name policy.hash_key_file", err)
+			}
+		})
+	}
+}
+
+func ptr(s string) *string { return &s }
