@@ -96,10 +96,14 @@ func (k *keySet) verify(ctx context.Context, jwt string) ([]byte, *Error) {
 
 	keys, fresh := k.lookup(kid)
 	if len(keys) == 0 || !fresh {
-		if ferr := k.refresh(ctx, kid); ferr != nil && len(keys) == 0 {
+		ferr := k.refresh(ctx, kid)
+		// Look again whatever refresh said: a concurrent caller may have
+		// fetched the keys while this one waited its turn, and then the
+		// cool-down refuses this one a fetch of its own.
+		keys, _ = k.lookup(kid)
+		if ferr != nil && len(keys) == 0 {
 			return nil, ferr
 		}
-		keys, _ = k.lookup(kid)
 	}
 	if len(keys) == 0 {
 		return nil, refuse(ReasonBadSignature,

@@ -494,6 +494,27 @@ func TestUnknownKidFlood(t *testing.T) {
 	}
 }
 
+// TestFirstLoginsTogether: many valid tokens verified at once on a fresh
+// verifier all pass: those that wait while another caller fetches the
+// keys use what it fetched (they used to be refused by the cool-down).
+func TestFirstLoginsTogether(t *testing.T) {
+	e := newEnv(t)
+	v := e.verifier(t, WithKeyCooldown(time.Minute))
+	tok := e.mint(t, TokenSpec{})
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			if _, err := v.Verify(context.Background(), tok); err != nil {
+				t.Errorf("a valid token verified with others at start: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := e.fetches.Load(); n != 1 {
+		t.Errorf("%d key fetches; want 1", n)
+	}
+}
+
 // TestKeyRollover checks that a new signing key is picked up on its first
 // unknown kid once the cool-down has passed, and not before.
 func TestKeyRollover(t *testing.T) {
