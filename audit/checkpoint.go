@@ -413,10 +413,17 @@ func (j *Journal) endDangling(stopped bool) error {
 	if err := j.waitTicket(t); err != nil {
 		return err
 	}
-	if len(ids) > 0 {
+	switch {
+	case !stopped:
+		// A crash, or a journal whose tail (with its final checkpoint)
+		// was removed: vigil cannot tell them apart, an operator can.
+		j.log.Warn("audit journal: it did not end with a clean stop (a crash, or its tail "+
+			"was removed); ended the sessions left open", "alert", true, "sessions", len(ids),
+			"reason", reason)
+	case len(ids) > 0:
 		j.log.Warn("audit journal: ended the sessions left open", "sessions", len(ids),
 			"reason", reason)
-	} else {
+	default:
 		j.log.Info("audit journal: a checkpoint now covers the sessions that ended after " +
 			"the last one")
 	}
