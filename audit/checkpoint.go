@@ -180,6 +180,8 @@ type checkpointBody struct {
 	Open  int       `json:"open"`
 	Final bool      `json:"final,omitempty"`
 	Key   string    `json:"key"`
+	// Recovery is set on the checkpoint a start after an unclean end writes.
+	Recovery *Recovery `json:"recovery,omitempty"`
 }
 
 // queueCheckpoint appends a signed checkpoint to the pending bytes: the
@@ -187,7 +189,9 @@ type checkpointBody struct {
 // every open session. j.mu is held and the journal can take records.
 func (j *Journal) queueCheckpoint(final bool) error {
 	body := checkpointBody{Seq: j.cpSeq + 1, Time: time.Now().UTC(),
-		Prev: hex.EncodeToString(j.cpPrev[:]), Heads: []Head{}, Final: final, Key: j.keyID}
+		Prev: hex.EncodeToString(j.cpPrev[:]), Heads: []Head{}, Final: final, Key: j.keyID,
+		Recovery: j.recovery}
+	j.recovery = nil
 	for _, id := range slices.Sorted(maps.Keys(j.heads)) {
 		h := j.heads[id]
 		_, dirty := j.dirty[id]
@@ -380,7 +384,11 @@ func (j *Journal) endDangling(stopped bool) error {
 			ids = append(ids, id)
 		}
 	}
-	if len(ids) == 0 && len(j.dirty) == 0 {
+	if j.unclean {
+		j.recovery = &Recovery{Reason: "the journal did not end with a clean stop",
+			After: j.cpSeq, Cut: j.cut, Ended: len(ids)}
+	}
+	if len(ids) == 0 && len(j.dirty) == 0 && j.recovery == nil {
 		j.mu.Unlock()
 		return nil
 	}
@@ -431,6 +439,21 @@ func (j *Journal) endDangling(stopped bool) error {
 	j.dangling = ids
 	j.mu.Unlock()
 	return nil
+}
+
+// Recovery says, in the checkpoint written by a start after an unclean end
+// (a crash, or a journal whose tail with its final checkpoint was
+// removed), what that start found and did, so that verify reports every
+// such start.
+type Recovery struct {
+	Reason string `json:"reason"`
+	// After is the seq of the last checkpoint found, 0 when none.
+	After uint64 `json:"after"`
+	// Cut is how many bytes of a torn or zero-filled tail were cut from
+	// the newest segment.
+	Cut int64 `json:"cut,omitempty"`
+	// Ended is how many sessions were found open and ended.
+	Ended int `json:"ended"`
 }
 
 // Dangling returns the sessions Open found without an end and ended (a

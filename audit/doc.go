@@ -114,10 +114,9 @@
 // checkpoint of a running journal (at most one interval), and anything
 // re-signed by someone who holds the private key; compare with a public
 // key kept elsewhere (VerifyOptions.PublicKey). And a journal whose tail
-// was removed is found only until vigil next starts on it: to Open it looks
-// like a crash, so it ends the sessions that seem open and signs a new
-// checkpoint over what is left. Open logs that at level WARN with
-// alert=true; an external copy of the checkpoints (the Elasticsearch
-// export) still shows what the tail held. Recording each recovery in the
-// journal itself, for Verify to report, is not done yet.
+// was removed looks, to the next Open, like a crash: Open ends the sessions
+// that seem open and signs a new checkpoint over what is left. That
+// checkpoint carries a Recovery, which Verify reports as a "recovered"
+// warning, so every such start stays on the record; an external copy of
+// the checkpoints (the Elasticsearch export) shows what the tail held.
 package audit

@@ -78,6 +78,12 @@ type Journal struct {
 	lock *os.File
 	// dangling are the sessions Open ended for a crash or a stop.
 	dangling []string
+	// unclean is set by Open when the journal held records and did not end
+	// in a final checkpoint; cut is what Open cut from the newest segment.
+	// recovery is then put in the next checkpoint.
+	unclean  bool
+	cut      int64
+	recovery *Recovery
 
 	mu      sync.Mutex
 	wake    *sync.Cond    // the writer waits for work; Record waits for room
@@ -216,6 +222,9 @@ func (j *Journal) openTail() (stopped bool, err error) {
 	if stopped, err = j.loadState(segs); err != nil {
 		return false, err
 	}
+	if !stopped && (len(segs) > 1 || size > 0 || j.cut > 0) {
+		j.unclean = true
+	}
 	f, err := os.OpenFile(filepath.Join(j.dir, segmentName(last)), os.O_RDWR, 0)
 	if err != nil {
 		return false, fmt.Errorf("audit: open journal: %w", err)
@@ -249,6 +258,7 @@ func (j *Journal) recover(num int) (int64, error) {
 	if err := f.Sync(); err != nil {
 		return 0, fmt.Errorf("audit: recover %s: %w", segmentName(num), err)
 	}
+	j.cut = res.size - res.end
 	if res.tornAt >= 0 {
 		j.log.Warn("audit journal: cut a torn record at the end of a segment",
 			"segment", segmentName(num), "offset", res.end, "bytes", res.size-res.end)

@@ -37,6 +37,8 @@ type Checkpoint struct {
 	// Final is set on the checkpoint a clean Close writes: no session is
 	// open and nothing follows until the next Open.
 	Final bool `json:"final,omitempty"`
+	// Recovery is set on the checkpoint of a start after an unclean end.
+	Recovery *Recovery `json:"recovery,omitempty"`
 	// Key is the signer's public key, base64 (standard encoding, 32 bytes).
 	Key string `json:"key"`
 	// Signature is the base64 Ed25519 signature over Raw. It is not part
@@ -140,6 +142,10 @@ const (
 	// final checkpoint of a clean stop: its last checkpoints were removed,
 	// or vigil crashed and was not started again (starting it recovers).
 	ProblemMissingCheckpoint = "missing_checkpoint"
+	// vigil started on a journal that did not end with a clean stop (a
+	// warning): a crash does that, and so does removing the journal's
+	// tail with its final checkpoint; only the second is tampering.
+	ProblemRecovered = "recovered"
 	// A record or checkpoint cannot be read at all.
 	ProblemCorrupt = "corrupt"
 )
@@ -316,6 +322,14 @@ func (v *verifier) checkCheckpoints(cps []Checkpoint) {
 		cp := &cps[i]
 		if pub == nil {
 			pub, _ = decodeKey(cp.Key)
+		}
+		if r := cp.Recovery; r != nil {
+			v.rep.Problems = append(v.rep.Problems, Problem{Seq: cp.Seq,
+				Kind: ProblemRecovered, Warning: true, Detail: fmt.Sprintf(
+					"checkpoint %d: vigil started on a journal that did not end with a clean "+
+						"stop (after checkpoint %d; %d bytes cut, %d sessions ended): a crash "+
+						"does this, and so does removing the journal's tail", cp.Seq, r.After,
+					r.Cut, r.Ended)})
 		}
 		if signed := v.checkSignature(cp, pub); signed {
 			for _, h := range cp.Heads {

@@ -421,7 +421,7 @@ func TestVerifyLiveAndCrashedJournal(t *testing.T) {
 		end.Session.Events != 32 || end.Identity.Principal() != "a@x" {
 		t.Fatalf("recovered end: %+v", end)
 	}
-	if rep := verifyDir(t, crashed, VerifyOptions{}); len(rep.Problems) != 0 {
+	if rep := verifyDir(t, crashed, VerifyOptions{}); !onlyRecovered(rep) {
 		t.Fatalf("after recovery: %s", dumpProblems(rep))
 	}
 }
@@ -509,5 +509,49 @@ func TestVerifyOnlyExpectedConnections(t *testing.T) {
 	if rep := verifyDir(t, tj.dir, VerifyOptions{Connections: []string{"db"}}); !hasProblem(
 		rep, ProblemMissingSession, tj.ids["c"]) {
 		t.Errorf("session c of connection db dropped, not reported:\n%s", dumpProblems(rep))
+	}
+}
+
+// onlyRecovered reports whether rep holds exactly one problem: the
+// recovered warning a start after a crash leaves.
+func onlyRecovered(rep *Report) bool {
+	return len(rep.Problems) == 1 && rep.Problems[0].Kind == ProblemRecovered &&
+		rep.Problems[0].Warning && rep.OK()
+}
+
+// TestTailRemovalReportedAfterRestart: removing the journal's tail, with
+// its final checkpoint, and starting vigil on it looks like a crash to
+// Open; verify still reports the start as a recovery.
+func TestTailRemovalReportedAfterRestart(t *testing.T) {
+	tj := buildTamperJournal(t)
+	lines := tj.lines(t)
+	cps := checkpointLines(lines)
+	tj.write(t, lines[:cps[len(cps)-2]+1]) // up to the second-to-last checkpoint
+	j := openTest(t, tj.dir, Options{CheckpointInterval: -1})
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep := verifyDir(t, tj.dir, VerifyOptions{})
+	found := false
+	for _, p := range rep.Problems {
+		found = found || p.Kind == ProblemRecovered
+	}
+	if !found {
+		t.Fatalf("a start on a journal with its tail removed is not reported:\n%s",
+			dumpProblems(rep))
+	}
+	// A clean stop and start is not a recovery.
+	j = openTest(t, tj.dir, Options{CheckpointInterval: -1})
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range verifyDir(t, tj.dir, VerifyOptions{}).Problems {
+		if p.Kind == ProblemRecovered {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d recovered warnings after a clean restart; want still 1", n)
 	}
 }

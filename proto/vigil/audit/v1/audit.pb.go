@@ -177,7 +177,9 @@ type Checkpoint struct {
 	// final is set on the checkpoint a clean close writes.
 	Final bool `protobuf:"varint,6,opt,name=final,proto3" json:"final,omitempty"`
 	// key is the signer's Ed25519 public key, base64 (32 bytes).
-	Key           string `protobuf:"bytes,7,opt,name=key,proto3" json:"key,omitempty"`
+	Key string `protobuf:"bytes,7,opt,name=key,proto3" json:"key,omitempty"`
+	// recovery is set on the checkpoint a start after an unclean end writes.
+	Recovery      *Recovery `protobuf:"bytes,8,opt,name=recovery,proto3" json:"recovery,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -261,6 +263,86 @@ func (x *Checkpoint) GetKey() string {
 	return ""
 }
 
+func (x *Checkpoint) GetRecovery() *Recovery {
+	if x != nil {
+		return x.Recovery
+	}
+	return nil
+}
+
+// Recovery says what a start after an unclean end (a crash, or a journal
+// whose tail with its final checkpoint was removed) found and did.
+type Recovery struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// after is the seq of the last checkpoint found, 0 when none.
+	After uint64 `protobuf:"varint,2,opt,name=after,proto3" json:"after,omitempty"`
+	// cut is how many bytes of a torn or zero-filled tail were cut.
+	Cut int64 `protobuf:"varint,3,opt,name=cut,proto3" json:"cut,omitempty"`
+	// ended is how many sessions were found open and ended.
+	Ended         int64 `protobuf:"varint,4,opt,name=ended,proto3" json:"ended,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Recovery) Reset() {
+	*x = Recovery{}
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Recovery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Recovery) ProtoMessage() {}
+
+func (x *Recovery) ProtoReflect() protoreflect.Message {
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Recovery.ProtoReflect.Descriptor instead.
+func (*Recovery) Descriptor() ([]byte, []int) {
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Recovery) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Recovery) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *Recovery) GetCut() int64 {
+	if x != nil {
+		return x.Cut
+	}
+	return 0
+}
+
+func (x *Recovery) GetEnded() int64 {
+	if x != nil {
+		return x.Ended
+	}
+	return 0
+}
+
 // Head is the last event of one session at the time of a checkpoint.
 type Head struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -277,7 +359,7 @@ type Head struct {
 
 func (x *Head) Reset() {
 	*x = Head{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[3]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +371,7 @@ func (x *Head) String() string {
 func (*Head) ProtoMessage() {}
 
 func (x *Head) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[3]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +384,7 @@ func (x *Head) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Head.ProtoReflect.Descriptor instead.
 func (*Head) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{3}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Head) GetSession() string {
@@ -386,7 +468,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[4]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +480,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[4]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +493,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{4}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Event) GetSessionId() string {
@@ -580,7 +662,7 @@ type Identity struct {
 
 func (x *Identity) Reset() {
 	*x = Identity{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[5]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +674,7 @@ func (x *Identity) String() string {
 func (*Identity) ProtoMessage() {}
 
 func (x *Identity) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[5]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +687,7 @@ func (x *Identity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Identity.ProtoReflect.Descriptor instead.
 func (*Identity) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{5}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Identity) GetOid() string {
@@ -748,7 +830,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[6]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +842,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[6]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +855,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{6}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Command) GetMessage() string {
@@ -855,7 +937,7 @@ type Parameter struct {
 
 func (x *Parameter) Reset() {
 	*x = Parameter{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[7]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +949,7 @@ func (x *Parameter) String() string {
 func (*Parameter) ProtoMessage() {}
 
 func (x *Parameter) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[7]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +962,7 @@ func (x *Parameter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Parameter.ProtoReflect.Descriptor instead.
 func (*Parameter) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{7}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Parameter) GetFormat() string {
@@ -930,7 +1012,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[8]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1024,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[8]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1037,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{8}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Decision) GetAllowed() bool {
@@ -1024,7 +1106,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[9]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1118,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[9]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1131,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{9}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Result) GetCommand() uint64 {
@@ -1122,7 +1204,7 @@ type Masked struct {
 
 func (x *Masked) Reset() {
 	*x = Masked{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[10]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1216,7 @@ func (x *Masked) String() string {
 func (*Masked) ProtoMessage() {}
 
 func (x *Masked) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[10]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1229,7 @@ func (x *Masked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Masked.ProtoReflect.Descriptor instead.
 func (*Masked) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{10}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Masked) GetColumn() string {
@@ -1198,7 +1280,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[11]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1292,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[11]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1305,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{11}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Approval) GetCommand() uint64 {
@@ -1289,7 +1371,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[12]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1383,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_vigil_audit_v1_audit_proto_msgTypes[12]
+	mi := &file_vigil_audit_v1_audit_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1396,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{12}
+	return file_vigil_audit_v1_audit_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Session) GetOpened() *timestamppb.Timestamp {
@@ -1379,7 +1461,7 @@ const file_vigil_audit_v1_audit_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x1a.vigil.audit.v1.CheckpointR\n" +
 	"checkpoint\x12\x10\n" +
-	"\x03sig\x18\x02 \x01(\tR\x03sig\"\xca\x01\n" +
+	"\x03sig\x18\x02 \x01(\tR\x03sig\"\x80\x02\n" +
 	"\n" +
 	"Checkpoint\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
@@ -1388,7 +1470,13 @@ const file_vigil_audit_v1_audit_proto_rawDesc = "" +
 	"\x05heads\x18\x04 \x03(\v2\x14.vigil.audit.v1.HeadR\x05heads\x12\x12\n" +
 	"\x04open\x18\x05 \x01(\x03R\x04open\x12\x14\n" +
 	"\x05final\x18\x06 \x01(\bR\x05final\x12\x10\n" +
-	"\x03key\x18\a \x01(\tR\x03key\"|\n" +
+	"\x03key\x18\a \x01(\tR\x03key\x124\n" +
+	"\brecovery\x18\b \x01(\v2\x18.vigil.audit.v1.RecoveryR\brecovery\"`\n" +
+	"\bRecovery\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\x04R\x05after\x12\x10\n" +
+	"\x03cut\x18\x03 \x01(\x03R\x03cut\x12\x14\n" +
+	"\x05ended\x18\x04 \x01(\x03R\x05ended\"|\n" +
 	"\x04Head\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x12\n" +
@@ -1509,46 +1597,48 @@ func file_vigil_audit_v1_audit_proto_rawDescGZIP() []byte {
 	return file_vigil_audit_v1_audit_proto_rawDescData
 }
 
-var file_vigil_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_vigil_audit_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_vigil_audit_v1_audit_proto_goTypes = []any{
 	(*Record)(nil),                // 0: vigil.audit.v1.Record
 	(*CheckpointLine)(nil),        // 1: vigil.audit.v1.CheckpointLine
 	(*Checkpoint)(nil),            // 2: vigil.audit.v1.Checkpoint
-	(*Head)(nil),                  // 3: vigil.audit.v1.Head
-	(*Event)(nil),                 // 4: vigil.audit.v1.Event
-	(*Identity)(nil),              // 5: vigil.audit.v1.Identity
-	(*Command)(nil),               // 6: vigil.audit.v1.Command
-	(*Parameter)(nil),             // 7: vigil.audit.v1.Parameter
-	(*Decision)(nil),              // 8: vigil.audit.v1.Decision
-	(*Result)(nil),                // 9: vigil.audit.v1.Result
-	(*Masked)(nil),                // 10: vigil.audit.v1.Masked
-	(*Approval)(nil),              // 11: vigil.audit.v1.Approval
-	(*Session)(nil),               // 12: vigil.audit.v1.Session
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*Recovery)(nil),              // 3: vigil.audit.v1.Recovery
+	(*Head)(nil),                  // 4: vigil.audit.v1.Head
+	(*Event)(nil),                 // 5: vigil.audit.v1.Event
+	(*Identity)(nil),              // 6: vigil.audit.v1.Identity
+	(*Command)(nil),               // 7: vigil.audit.v1.Command
+	(*Parameter)(nil),             // 8: vigil.audit.v1.Parameter
+	(*Decision)(nil),              // 9: vigil.audit.v1.Decision
+	(*Result)(nil),                // 10: vigil.audit.v1.Result
+	(*Masked)(nil),                // 11: vigil.audit.v1.Masked
+	(*Approval)(nil),              // 12: vigil.audit.v1.Approval
+	(*Session)(nil),               // 13: vigil.audit.v1.Session
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_vigil_audit_v1_audit_proto_depIdxs = []int32{
-	4,  // 0: vigil.audit.v1.Record.event:type_name -> vigil.audit.v1.Event
+	5,  // 0: vigil.audit.v1.Record.event:type_name -> vigil.audit.v1.Event
 	2,  // 1: vigil.audit.v1.CheckpointLine.checkpoint:type_name -> vigil.audit.v1.Checkpoint
-	13, // 2: vigil.audit.v1.Checkpoint.time:type_name -> google.protobuf.Timestamp
-	3,  // 3: vigil.audit.v1.Checkpoint.heads:type_name -> vigil.audit.v1.Head
-	13, // 4: vigil.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
-	5,  // 5: vigil.audit.v1.Event.identity:type_name -> vigil.audit.v1.Identity
-	6,  // 6: vigil.audit.v1.Event.command:type_name -> vigil.audit.v1.Command
-	8,  // 7: vigil.audit.v1.Event.decision:type_name -> vigil.audit.v1.Decision
-	9,  // 8: vigil.audit.v1.Event.result:type_name -> vigil.audit.v1.Result
-	11, // 9: vigil.audit.v1.Event.approval:type_name -> vigil.audit.v1.Approval
-	12, // 10: vigil.audit.v1.Event.session:type_name -> vigil.audit.v1.Session
-	13, // 11: vigil.audit.v1.Identity.exp:type_name -> google.protobuf.Timestamp
-	7,  // 12: vigil.audit.v1.Command.parameters:type_name -> vigil.audit.v1.Parameter
-	10, // 13: vigil.audit.v1.Result.masked:type_name -> vigil.audit.v1.Masked
-	5,  // 14: vigil.audit.v1.Approval.actor:type_name -> vigil.audit.v1.Identity
-	13, // 15: vigil.audit.v1.Session.opened:type_name -> google.protobuf.Timestamp
-	13, // 16: vigil.audit.v1.Session.closed:type_name -> google.protobuf.Timestamp
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	14, // 2: vigil.audit.v1.Checkpoint.time:type_name -> google.protobuf.Timestamp
+	4,  // 3: vigil.audit.v1.Checkpoint.heads:type_name -> vigil.audit.v1.Head
+	3,  // 4: vigil.audit.v1.Checkpoint.recovery:type_name -> vigil.audit.v1.Recovery
+	14, // 5: vigil.audit.v1.Event.time:type_name -> google.protobuf.Timestamp
+	6,  // 6: vigil.audit.v1.Event.identity:type_name -> vigil.audit.v1.Identity
+	7,  // 7: vigil.audit.v1.Event.command:type_name -> vigil.audit.v1.Command
+	9,  // 8: vigil.audit.v1.Event.decision:type_name -> vigil.audit.v1.Decision
+	10, // 9: vigil.audit.v1.Event.result:type_name -> vigil.audit.v1.Result
+	12, // 10: vigil.audit.v1.Event.approval:type_name -> vigil.audit.v1.Approval
+	13, // 11: vigil.audit.v1.Event.session:type_name -> vigil.audit.v1.Session
+	14, // 12: vigil.audit.v1.Identity.exp:type_name -> google.protobuf.Timestamp
+	8,  // 13: vigil.audit.v1.Command.parameters:type_name -> vigil.audit.v1.Parameter
+	11, // 14: vigil.audit.v1.Result.masked:type_name -> vigil.audit.v1.Masked
+	6,  // 15: vigil.audit.v1.Approval.actor:type_name -> vigil.audit.v1.Identity
+	14, // 16: vigil.audit.v1.Session.opened:type_name -> google.protobuf.Timestamp
+	14, // 17: vigil.audit.v1.Session.closed:type_name -> google.protobuf.Timestamp
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_vigil_audit_v1_audit_proto_init() }
@@ -1562,7 +1652,7 @@ func file_vigil_audit_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vigil_audit_v1_audit_proto_rawDesc), len(file_vigil_audit_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
