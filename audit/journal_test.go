@@ -285,7 +285,8 @@ func TestTornTailRecovery(t *testing.T) {
 				wantReason = ReasonCrash
 			}
 			if end.Kind != KindSessionEnd || end.Reason != wantReason ||
-				end.Session == nil || end.Session.Events != 6 || end.Session.LastHash != recs[4].Hash {
+				end.Session == nil || end.Session.Events != 6 ||
+				end.Session.LastHash != recs[4].Hash {
 				t.Fatalf("end after recovery: %s", recs[5].Event)
 			}
 

@@ -93,7 +93,8 @@ func TestPreallocCrashLeavesZeroTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	end := logicalEnd(b)
-	if len(b) < preallocChunk || end >= len(b) || bytes.ContainsFunc(b[end:], func(r rune) bool { return r != 0 }) {
+	nonZero := func(r rune) bool { return r != 0 }
+	if len(b) < preallocChunk || end >= len(b) || bytes.ContainsFunc(b[end:], nonZero) {
 		t.Fatalf("segment being written: %d bytes, logical end %d; want a preallocated zero tail",
 			len(b), end)
 	}

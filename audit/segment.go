@@ -164,7 +164,9 @@ type scanResult struct {
 	// end is the logical end: the end of the last whole record before any
 	// damage, a zero byte where a record would start, or the end of file.
 	end    int64
-	tornAt int64 // start of a torn tail (non-zero bytes that are not whole records after end), or -1
+	// tornAt is the start of a torn tail (non-zero bytes after end that are
+	// not whole records), or -1.
+	tornAt int64
 }
 
 // visitor says what scanSegment hands back.

@@ -51,7 +51,7 @@ var approvalsFlags approvalsOptions
 
 var approvalsListCmd = &cobra.Command{
 	Use:   "list",
-	Short: "List the requests you may see: yours and those you may decide (pending unless --status)",
+	Short: "List your requests and those you may decide (pending ones unless --status)",
 	Args:  cobra.NoArgs,
 	RunE: func(cmd *cobra.Command, _ []string) error {
 		status := approvalsFlags.status

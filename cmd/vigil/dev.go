@@ -115,7 +115,8 @@ func init() {
 	f := devIssuerCmd.Flags()
 	f.StringVar(&devIssuerFlags.listen, "listen", "127.0.0.1:0",
 		"address to listen on; port 0 picks a free port (printed on start)")
-	f.StringVar(&devIssuerFlags.tenant, "tenant", identity.DevTenant, "tenant id (tid) it issues for")
+	f.StringVar(&devIssuerFlags.tenant, "tenant", identity.DevTenant,
+		"tenant id (tid) it issues for")
 	f.StringVar(&devIssuerFlags.keyFile, "key-file", "",
 		"PEM file keeping the signing key across restarts (created if missing)")
 
