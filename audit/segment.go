@@ -163,7 +163,7 @@ type scanResult struct {
 	size int64 // bytes in the file
 	// end is the logical end: the end of the last whole record before any
 	// damage, a zero byte where a record would start, or the end of file.
-	end    int64
+	end int64
 	// tornAt is the start of a torn tail (non-zero bytes after end that are
 	// not whole records), or -1.
 	tornAt int64
