@@ -26,6 +26,21 @@ func segmentName(num int) string {
 	return fmt.Sprintf("%s%08d%s", segmentPrefix, num, segmentSuffix)
 }
 
+// SegmentNames returns the file names of the journal's segments in dir,
+// oldest first, for readers that follow the journal by position (the
+// Elasticsearch shipper).
+func SegmentNames(dir string) ([]string, error) {
+	nums, err := listSegments(dir)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(nums))
+	for i, n := range nums {
+		names[i] = segmentName(n)
+	}
+	return names, nil
+}
+
 // listSegments returns the segment numbers in dir, in order. Other files
 // are ignored.
 func listSegments(dir string) ([]int, error) {
@@ -122,6 +137,24 @@ func parseRecord(line []byte, lenient bool) (Record, error) {
 	return rec, nil
 }
 
+// ParseLine decodes one journal line without its newline: an event record,
+// its hash checked against its bytes, or a checkpoint (its signature is
+// Verify's to check). Exactly one of rec and cp is set when err is nil.
+func ParseLine(line []byte) (rec *Record, cp *Checkpoint, err error) {
+	if isCheckpointLine(line) {
+		c, err := parseCheckpoint(line)
+		if err != nil {
+			return nil, nil, err
+		}
+		return nil, &c, nil
+	}
+	r, err := parseRecord(line, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &r, nil, nil
+}
+
 // parseCheckpoint decodes one checkpoint line (without its newline). The
 // signature is not checked here; Verify does that.
 func parseCheckpoint(line []byte) (Checkpoint, error) {
@@ -190,13 +223,13 @@ func (v *visitor) wants(line []byte) bool {
 	return v.record != nil && (v.want == nil || v.want(line))
 }
 
-// nextLine reads one line with its newline (without one at the end of the
+// ReadLine reads one line with its newline (without one at the end of the
 // file). zero reports that the line holds a 0 byte: no record does (JSON
 // escapes it), so it is the zero-filled tail of a preallocated segment, or
 // a record not (yet) wholly written into it. The line is then not read
 // past the buffered bytes holding that 0, so a zero tail is never read
 // into memory as a line.
-func nextLine(br *bufio.Reader) (line []byte, zero bool, err error) {
+func ReadLine(br *bufio.Reader) (line []byte, zero bool, err error) {
 	for {
 		frag, err := br.ReadSlice('\n')
 		if bytes.IndexByte(frag, 0) >= 0 {
@@ -229,7 +262,7 @@ func scanSegment(path string, v visitor) (scanResult, error) {
 	var tearErr error
 	var pos int64 // bytes read as lines
 	for {
-		line, zero, err := nextLine(br)
+		line, zero, err := ReadLine(br)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return res, fmt.Errorf("audit: read %s: %w", name, err)
 		}
