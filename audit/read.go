@@ -73,7 +73,7 @@ func ReadSessions(dir string, f Filter) ([]SessionSummary, error) {
 			s = &SessionSummary{ID: ev.SessionID}
 			byID[ev.SessionID] = s
 		}
-		s.add(&ev)
+		s.Add(&ev)
 		return nil
 	}})
 	if err != nil {
@@ -84,7 +84,7 @@ func ReadSessions(dir string, f Filter) ([]SessionSummary, error) {
 		if !s.Closed.IsZero() {
 			s.DurationMS = float64(s.Closed.Sub(s.Opened).Microseconds()) / 1000
 		}
-		if f.match(s) {
+		if f.Match(s) {
 			out = append(out, *s)
 		}
 	}
@@ -94,8 +94,9 @@ func ReadSessions(dir string, f Filter) ([]SessionSummary, error) {
 	return out, nil
 }
 
-// add folds one event into the summary.
-func (s *SessionSummary) add(ev *Event) {
+// Add folds one event of the session into the summary; every reader of
+// sessions (the journal, Elasticsearch) builds summaries with it.
+func (s *SessionSummary) Add(ev *Event) {
 	s.Events++
 	s.LastSeq = max(s.LastSeq, ev.Seq)
 	fill(&s.Connection, ev.Connection)
@@ -137,7 +138,8 @@ func fill(dst *string, v string) {
 	}
 }
 
-func (f Filter) match(s *SessionSummary) bool {
+// Match reports whether a whole session summary passes the filter.
+func (f Filter) Match(s *SessionSummary) bool {
 	if f.Connection != "" && s.Connection != f.Connection {
 		return false
 	}

@@ -13,7 +13,6 @@ import (
 	"github.com/elastic/go-elasticsearch/v8"
 
 	"github.com/vigilaudit/vigil/audit"
-	"github.com/vigilaudit/vigil/identity"
 )
 
 // Reader reads audit events back from the data stream, with the audit
@@ -188,7 +187,7 @@ func (r *Reader) ReadSessions(ctx context.Context, f audit.Filter) ([]audit.Sess
 				s = &audit.SessionSummary{ID: ev.SessionID}
 				byID[ev.SessionID] = s
 			}
-			fold(s, &ev)
+			s.Add(&ev)
 			return nil
 		})
 		if err != nil {
@@ -200,7 +199,7 @@ func (r *Reader) ReadSessions(ctx context.Context, f audit.Filter) ([]audit.Sess
 		if !s.Closed.IsZero() {
 			s.DurationMS = float64(s.Closed.Sub(s.Opened).Microseconds()) / 1000
 		}
-		if selected(f, s) {
+		if f.Match(s) {
 			out = append(out, *s)
 		}
 	}
@@ -236,80 +235,6 @@ func sessionQuery(f audit.Filter) map[string]any {
 		return map[string]any{"match_all": map[string]any{}}
 	}
 	return map[string]any{"bool": map[string]any{"filter": filter}}
-}
-
-// fold adds one event to a summary, as the journal's reader does.
-//
-// TODO(es): audit keeps this logic unexported (SessionSummary.add,
-// Filter.match); exporting them would let this file drop its copy.
-func fold(s *audit.SessionSummary, ev *audit.Event) {
-	s.Events++
-	s.LastSeq = max(s.LastSeq, ev.Seq)
-	for _, p := range []struct {
-		dst *string
-		v   string
-	}{
-		{&s.Connection, ev.Connection}, {&s.Protocol, ev.Protocol}, {&s.Grant, ev.Grant},
-		{&s.Client, ev.Client}, {&s.Upstream, ev.Upstream},
-		{&s.UpstreamUser, ev.UpstreamUser}, {&s.Database, ev.Database},
-	} {
-		if *p.dst == "" {
-			*p.dst = p.v
-		}
-	}
-	if s.Identity == nil {
-		s.Identity = ev.Identity
-	}
-	if ev.Session != nil && s.Application == "" {
-		s.Application = ev.Session.Application
-	}
-	if ev.Seq == 1 {
-		s.Opened = ev.Time
-		if ev.Session != nil && !ev.Session.Opened.IsZero() {
-			s.Opened = ev.Session.Opened
-		}
-	}
-	switch ev.Kind {
-	case audit.KindCommand:
-		s.Commands++
-	case audit.KindAuthFailed:
-		if s.AuthFailed == "" {
-			s.AuthFailed = ev.Reason
-		}
-	case audit.KindSessionEnd:
-		s.Closed = ev.Time
-		if ev.Session != nil && !ev.Session.Closed.IsZero() {
-			s.Closed = ev.Session.Closed
-		}
-		s.EndReason = ev.Reason
-	}
-}
-
-// selected applies f to a whole summary.
-func selected(f audit.Filter, s *audit.SessionSummary) bool {
-	switch {
-	case f.Connection != "" && s.Connection != f.Connection:
-		return false
-	case f.Identity != "" && !identityIs(s.Identity, f.Identity):
-		return false
-	case !f.Since.IsZero() && !s.Closed.IsZero() && s.Closed.Before(f.Since):
-		return false
-	case !f.Until.IsZero() && s.Opened.After(f.Until):
-		return false
-	}
-	return true
-}
-
-func identityIs(id *identity.Identity, want string) bool {
-	if id == nil {
-		return false
-	}
-	for _, v := range []string{id.Principal(), id.OID, id.AppID, id.UPN, id.Name, id.Sub} {
-		if v != "" && strings.EqualFold(v, want) {
-			return true
-		}
-	}
-	return false
 }
 
 // scan runs query over the data stream in the order of sort, page by page
