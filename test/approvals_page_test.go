@@ -10,8 +10,6 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/remote"
-
-	"github.com/vigilaudit/vigil/identity"
 )
 
 // TestApprovalPageInChromium: an agent's DROP TABLE waits; a DBA opens
@@ -25,19 +23,7 @@ func TestApprovalPageInChromium(t *testing.T) {
 	e := startApprovalsEnv(t, "", "")
 	dba := e.approverToken(t, dbaOID, "dba")
 
-	type result struct {
-		out string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		cmd := exec.Command(pgBin("psql"), "-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-			"-p", portOf(e.addr), "-U", "agent", "-d", "postgres", "-c", "DROP TABLE victims")
-		cmd.Env = append(os.Environ(), "PGPASSWORD="+e.token(t, identity.TokenSpec{}),
-			"PGSSLMODE=disable")
-		out, err := cmd.CombinedOutput()
-		done <- result{string(out), err}
-	}()
+	done := e.startAgentPsql(t, "DROP TABLE victims")
 	req := waitPending(t, e.http, dba, "DROP TABLE victims")
 
 	profile, err := os.MkdirTemp("", "vigil-chromium-")

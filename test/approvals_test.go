@@ -257,19 +257,7 @@ func TestApprovalApprovedThroughCLI(t *testing.T) {
 	stop := make(chan struct{})
 	other := keepWorking(t, e, stop)
 
-	type result struct {
-		out string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		cmd := exec.Command(pgBin("psql"), "-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-			"-p", portOf(e.addr), "-U", "agent", "-d", "postgres", "-c", "DROP TABLE victims")
-		cmd.Env = append(os.Environ(), "PGPASSWORD="+e.token(t, identity.TokenSpec{}),
-			"PGSSLMODE=disable")
-		out, err := cmd.CombinedOutput()
-		done <- result{string(out), err}
-	}()
+	done := e.startAgentPsql(t, "DROP TABLE victims")
 
 	req := waitPending(t, e.http, dba, "DROP TABLE victims")
 	select {
@@ -296,7 +284,7 @@ func TestApprovalApprovedThroughCLI(t *testing.T) {
 	}
 	cli("approvals", "approve", req.ID, "--reason", "planned cleanup")
 
-	var r result
+	var r psqlResult
 	select {
 	case r = <-done:
 	case <-time.After(60 * time.Second):
@@ -390,13 +378,39 @@ func TestApprovalTimesOut(t *testing.T) {
 	}
 }
 
-// psqlFails runs one statement through vigil that must fail.
-func psqlFails(t *testing.T, e *env, sql string) (string, string) {
+// agentPsql is psql running one statement through vigil as the agent.
+func (e *env) agentPsql(t *testing.T, sql string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(pgBin("psql"), "-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
 		"-p", portOf(e.addr), "-U", "agent", "-d", "postgres", "-c", sql)
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+e.token(t, identity.TokenSpec{}),
 		"PGSSLMODE=disable")
+	return cmd
+}
+
+// psqlResult is how a psql run ended: its output and error.
+type psqlResult struct {
+	out string
+	err error
+}
+
+// startAgentPsql runs sql through vigil as the agent in the background;
+// the outcome arrives on the channel.
+func (e *env) startAgentPsql(t *testing.T, sql string) <-chan psqlResult {
+	t.Helper()
+	cmd := e.agentPsql(t, sql)
+	done := make(chan psqlResult, 1)
+	go func() {
+		out, err := cmd.CombinedOutput()
+		done <- psqlResult{string(out), err}
+	}()
+	return done
+}
+
+// psqlFails runs one statement through vigil that must fail.
+func psqlFails(t *testing.T, e *env, sql string) (string, string) {
+	t.Helper()
+	cmd := e.agentPsql(t, sql)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	if err := cmd.Run(); err == nil {
@@ -464,10 +478,7 @@ func TestApprovalRefusals(t *testing.T) {
 func TestApprovalClientGoneCancels(t *testing.T) {
 	e := startApprovalsEnv(t, "", "")
 	dba := e.approverToken(t, dbaOID, "dba")
-	cmd := exec.Command(pgBin("psql"), "-X", "-h", "127.0.0.1", "-p", portOf(e.addr),
-		"-U", "agent", "-d", "postgres", "-c", "DROP TABLE victims")
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+e.token(t, identity.TokenSpec{}),
-		"PGSSLMODE=disable")
+	cmd := e.agentPsql(t, "DROP TABLE victims")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
