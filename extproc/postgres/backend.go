@@ -10,6 +10,9 @@ import (
 func (s *session) fromServer(out []byte, typ byte, raw []byte) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.silenced {
+		return out // nothing follows a FATAL error
+	}
 	switch s.phase {
 	case phaseStartup, phaseAuth:
 		return s.fromServerAuth(out, typ, raw)

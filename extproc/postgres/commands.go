@@ -201,12 +201,9 @@ func (s *session) recordViolation(typ byte, raw []byte, why string) {
 // malformed message itself never reaches the server.
 func (s *session) closeOnViolation(out []byte) ([]byte, extproc.Action) {
 	s.endReason = "client protocol violation: " + s.violation
-	abort := s.info.Abort
-	if abort == nil {
+	if !s.abortSoon(errors.New(s.endReason)) {
 		return out, extproc.Close
 	}
-	reason := errors.New(s.endReason)
-	time.AfterFunc(abortDelay, func() { abort(reason) })
 	s.pending = append(s.pending, &item{kind: itemQuery, denied: &denial{code: "08P01",
 		fatal: true, message: "vigil: " + s.violation + "; closing the connection",
 		hint: "the message was recorded and not run"}})

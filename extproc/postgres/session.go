@@ -163,12 +163,6 @@ func (s *session) OnServer(ctx context.Context, chunk []byte, eos bool) extproc.
 			break
 		}
 		out = s.fromServer(out, typ, raw)
-		s.mu.Lock()
-		silenced := s.silenced
-		s.mu.Unlock()
-		if silenced {
-			break
-		}
 	}
 	s.loginOver()
 
@@ -192,6 +186,18 @@ func (s *session) OnServer(ctx context.Context, chunk []byte, eos bool) extproc.
 // abortDelay lets a last reply reach the client before the stream ends.
 const abortDelay = 500 * time.Millisecond
 
+// abortSoon ends the stream with reason once the reply being built had
+// time to reach the client. It reports false when the stream cannot be
+// ended that way (no Abort: a caller outside extproc.Server).
+func (s *session) abortSoon(reason error) bool {
+	abort := s.info.Abort
+	if abort == nil {
+		return false
+	}
+	time.AfterFunc(abortDelay, func() { abort(reason) })
+	return true
+}
+
 // journalLost ends a session whose results cannot be made durable. The
 // answer is withheld: in its place the client gets a FATAL error saying
 // why, as PostgreSQL itself ends a session, and nothing more from the
@@ -208,10 +214,7 @@ func (s *session) journalLost(err error) extproc.Reply {
 		"command's outcome was not recorded: " + err.Error()
 	// The FATAL goes out with this reply; then the stream ends, which
 	// closes both connections, whatever the client does.
-	if abort := s.info.Abort; abort != nil {
-		reason := errors.New("audit journal unavailable: " + err.Error())
-		time.AfterFunc(abortDelay, func() { abort(reason) })
-	}
+	s.abortSoon(errors.New("audit journal unavailable: " + err.Error()))
 	return extproc.Reply{Data: appendError(nil, "FATAL", stateIOError, msg)}
 }
 
