@@ -94,8 +94,11 @@ func (s *session) hold(ctx context.Context, v verdict, sql string, params []audi
 			Reason: "an approval window for this statement is open"})
 		return nil
 	}
-	req := &approvals.Request{SessionID: s.rec.ID(), CommandSeq: cmd.seq, Connection: conn,
-		Requester: id, Grant: s.grant, SQL: sql, Reasons: holdReasons(v),
+	// The id is made here, not by Hold, so that every step recorded names it.
+	reqID := approvals.NewID()
+	req := &approvals.Request{ID: reqID, SessionID: s.rec.ID(), CommandSeq: cmd.seq,
+		Connection: conn,
+		Requester:  id, Grant: s.grant, SQL: sql, Reasons: holdReasons(v),
 		Approvers: need.Approvers, Timeout: need.Timeout, Scope: need.Scope,
 		Window: need.Window}
 	if s.cn.RecordParameters() {
@@ -107,7 +110,6 @@ func (s *session) hold(ctx context.Context, v verdict, sql string, params []audi
 	if req.Timeout <= 0 {
 		req.Timeout = 15 * time.Minute
 	}
-	var reqID string
 	notify := func(st approvals.Step) {
 		a := audit.Approval{RequestID: reqID, Step: st.Kind, Actor: st.Actor, Reason: st.Reason}
 		if st.Kind == approvals.StepRequested {
@@ -117,10 +119,6 @@ func (s *session) hold(ctx context.Context, v verdict, sql string, params []audi
 		s.recordApproval(cmd.seq, a)
 		s.mu.Unlock()
 	}
-	// The request id is only known once Hold made it; a fresh id is set
-	// here so the requested step names it too.
-	reqID = approvals.NewID()
-	req.ID = reqID
 	s.log.Info("command held for approval", "request", reqID, "seq", cmd.seq,
 		"approvers", need.Approvers, "timeout", need.Timeout)
 
