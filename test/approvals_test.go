@@ -121,7 +121,8 @@ func waitPending(t *testing.T, base, tok, sql string) *approvals.Request {
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		var lr approvals.ListResponse
-		if code := api(t, base, tok, "GET", "/api/approvals?status=pending", nil, &lr); code != 200 {
+		code := api(t, base, tok, "GET", "/api/approvals?status=pending", nil, &lr)
+		if code != 200 {
 			t.Fatalf("list: HTTP %d", code)
 		}
 		for _, v := range lr.Requests {
@@ -441,8 +442,9 @@ func TestApprovalRefusals(t *testing.T) {
 	req := waitPending(t, e.http, dba, "DROP TABLE victims")
 
 	var er approvals.ErrorResponse
-	if code := api(t, e.http, agentTok, "POST", "/api/approvals/"+req.ID+"/approve",
-		approvals.DecisionBody{}, &er); code != http.StatusForbidden || er.Cause != "self_approval" {
+	code := api(t, e.http, agentTok, "POST", "/api/approvals/"+req.ID+"/approve",
+		approvals.DecisionBody{}, &er)
+	if code != http.StatusForbidden || er.Cause != "self_approval" {
 		t.Errorf("self-approval: HTTP %d cause %q; want 403 self_approval", code, er.Cause)
 	}
 	outsider := e.approverToken(t, outsiderOID, "finance")
@@ -507,7 +509,8 @@ func TestApprovalClientGoneCancels(t *testing.T) {
 		t.Errorf("victims has %d rows; want 3", n)
 	}
 	// The store says cancelled before the session has recorded the step.
-	if got := waitSteps(t, e, "DROP TABLE victims", "requested,cancelled"); got != "requested,cancelled" {
+	const want = "requested,cancelled"
+	if got := waitSteps(t, e, "DROP TABLE victims", want); got != want {
 		t.Errorf("approval steps %q; want requested,cancelled", got)
 	}
 }

@@ -35,7 +35,8 @@ func vigilBinary(t testing.TB) string {
 			return
 		}
 		binaryPath = filepath.Join(dir, "vigil")
-		cmd := exec.Command("go", "build", "-o", binaryPath, "github.com/vigilaudit/vigil/cmd/vigil")
+		cmd := exec.Command("go", "build", "-o", binaryPath,
+			"github.com/vigilaudit/vigil/cmd/vigil")
 		binaryOut, binaryErr = cmd.CombinedOutput()
 	})
 	if binaryErr != nil {

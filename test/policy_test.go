@@ -410,7 +410,8 @@ func TestCardNumbersFoundInAnyText(t *testing.T) {
 func TestDeleteWithoutWhereDeniedInPsql(t *testing.T) {
 	e := policyEnv(t)
 	out, stderr, err := psql(t, e.addr, "agent", e.token(t, identity.TokenSpec{}), "postgres",
-		"DELETE FROM customers;\n/* tidy up */ DELETE FROM customers;\nSELECT 1; DELETE FROM customers;\nSELECT 'still here' AS after;\n")
+		"DELETE FROM customers;\n/* tidy up */ DELETE FROM customers;\n"+
+			"SELECT 1; DELETE FROM customers;\nSELECT 'still here' AS after;\n")
 	if err != nil {
 		t.Fatalf("psql: %v\n%s", err, stderr)
 	}

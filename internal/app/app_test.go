@@ -70,7 +70,8 @@ func TestNewRefusesBadHashKey(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			if key != nil {
-				if err := os.WriteFile(filepath.Join(dir, "mask-key"), []byte(*key), 0o600); err != nil {
+				err := os.WriteFile(filepath.Join(dir, "mask-key"), []byte(*key), 0o600)
+				if err != nil {
 					t.Fatal(err)
 				}
 			}
